@@ -1,0 +1,172 @@
+"""Which backend runs an op: the registry of implementations and the choice per call.
+
+Three backends implement the same contract: ``cuda`` (the compiled extension ``neva_kernels._C``), ``triton``
+and ``torch`` (the pure-PyTorch reference). Per call the first *able* backend in the preference order runs;
+on CPU tensors that is always ``torch`` (the Triton interpreter is a debugging tool, never an automatic pick).
+
+Overrides, strongest first:
+  1. ``backend=`` on the call;
+  2. a per-op setting: ``NEVA_KERNELS_BACKEND="rms_norm=cuda,flash_attention=triton"`` or ``set_backend(..., op=)``;
+  3. a global setting: ``NEVA_KERNELS_BACKEND=torch`` or ``set_backend("torch")``.
+A requested backend that cannot run the call raises BackendUnavailableError saying why: never a silent fallback.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .errors import BackendUnavailableError, NevaValueError
+
+__all__ = ["BACKENDS", "OPS", "BackendUnavailableError", "choose", "register", "set_backend"]
+
+BACKENDS = ("cuda", "triton", "torch")
+OPS = ("rms_norm", "flash_attention", "paged_decode_attention", "append_kv_cache", "rotary_embedding",
+       "project_image_tokens")
+# Gradients with their own kernels; a backend without one leaves the backward to the torch reference.
+BACKWARD_OPS = ("rms_norm_backward", "flash_attention_backward")
+
+
+@dataclass(frozen=True)
+class Implementation:
+    fn: Callable
+    # supports(*op_args) -> None when this implementation can run the call, else the reason it cannot.
+    supports: Callable[..., str | None] | None = None
+
+
+_registry: dict[tuple[str, str], Implementation] = {}
+# Why a whole backend is missing on this machine (set by the module that provides it), e.g. "triton is not installed".
+_backend_missing: dict[str, str] = {
+    "cuda": "neva_kernels._C is not loaded",
+    "triton": "triton is not loaded",
+}
+
+
+def register(op: str, backend: str, supports: Callable[..., str | None] | None = None):
+    """Decorator: `fn` implements `op` for `backend`, with the op's reference signature."""
+    if op not in OPS + BACKWARD_OPS or backend not in BACKENDS:
+        raise NevaValueError(f"register: unknown op '{op}' or backend '{backend}'")
+
+    def wrap(fn: Callable) -> Callable:
+        _registry[(op, backend)] = Implementation(fn, supports)
+        return fn
+    return wrap
+
+
+def set_backend_missing(backend: str, reason: str | None) -> None:
+    """Record why `backend` cannot run anything here (None: it is present)."""
+    if reason is None:
+        _backend_missing.pop(backend, None)
+    else:
+        _backend_missing[backend] = reason
+
+
+def implementation(op: str, backend: str) -> Callable:
+    return _registry[(op, backend)].fn
+
+
+# ---- the user's settings ---------------------------------------------------------------------------------
+
+# Triton decides at decoration time whether @triton.jit kernels run in its CPU interpreter.
+_triton_interpreter = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+_global_choice: str | None = None
+_per_op_choice: dict[str, str] = {}
+
+
+def _check_backend_name(name: str, source: str) -> str:
+    if name not in BACKENDS:
+        raise NevaValueError(f"{source}: backend must be one of {', '.join(BACKENDS)}, got '{name}'")
+    return name
+
+
+def set_backend(backend: str | None, op: str | None = None) -> None:
+    """Force `backend` for every op (op=None) or for one op; None restores the automatic choice."""
+    global _global_choice
+    if backend is not None:
+        _check_backend_name(backend, "set_backend")
+    if op is None:
+        _global_choice = backend
+        return
+    if op not in OPS:
+        raise NevaValueError(f"set_backend: op must be one of {', '.join(OPS)}, got '{op}'")
+    if backend is None:
+        _per_op_choice.pop(op, None)
+    else:
+        _per_op_choice[op] = backend
+
+
+def _read_environment() -> None:
+    """Parse NEVA_KERNELS_BACKEND: 'triton', or 'rms_norm=cuda,flash_attention=triton', or both mixed."""
+    text = os.environ.get("NEVA_KERNELS_BACKEND", "").strip()
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        op, _, name = entry.rpartition("=")
+        _check_backend_name(name.strip(), "NEVA_KERNELS_BACKEND")
+        if op and op.strip() not in OPS:
+            raise NevaValueError(f"NEVA_KERNELS_BACKEND: op must be one of {', '.join(OPS)}, got '{op.strip()}'")
+        set_backend(name.strip(), op.strip() or None)
+
+
+_read_environment()
+
+
+# ---- the choice per call ---------------------------------------------------------------------------------
+
+def _kernel_device_rule(backend: str, device: torch.device, args: tuple) -> str | None:
+    """The compiled backends run on CUDA tensors of fp16/bf16/fp32 (Triton also under its CPU interpreter)."""
+    dtype = next(a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point())
+    if dtype == torch.float64:
+        return f"the {backend} backend has no float64 kernels (the torch backend has)"
+    if device.type == "cuda":
+        return None
+    if backend == "triton" and device.type == "cpu" and _triton_interpreter:
+        # The interpreter computes bf16 arithmetic wrongly (see ENVIRONMENT.md): refuse rather than mislead.
+        return "the Triton CPU interpreter computes bfloat16 wrongly" if dtype == torch.bfloat16 else None
+    hint = "; set TRITON_INTERPRET=1 before importing neva_kernels to run it" if backend == "triton" else ""
+    return f"the {backend} backend runs on CUDA tensors, got tensors on {device}{hint}"
+
+
+def why_unable(op: str, backend: str, device: torch.device, args: tuple) -> str | None:
+    """None when `backend` can run `op(*args)` on `device`, else the reason it cannot."""
+    if backend in _backend_missing:
+        return _backend_missing[backend]
+    impl = _registry.get((op, backend))
+    if impl is None:
+        return f"the {backend} backend has no implementation of {op}"
+    if backend != "torch":
+        reason = _kernel_device_rule(backend, device, args)
+        if reason is not None:
+            return reason
+    return impl.supports(*args) if impl.supports else None
+
+
+def _preference(device: torch.device) -> tuple[str, ...]:
+    return BACKENDS if device.type == "cuda" else ("torch",)
+
+
+def choose(op: str, device: torch.device, args: tuple, requested: str | None = None) -> str:
+    """The backend that runs `op(*args)`: the requested one (per call, per op, global) or the best able one."""
+    requested = requested or _per_op_choice.get(op) or _global_choice
+    if requested is not None:
+        _check_backend_name(requested, op)
+        reason = why_unable(op, requested, device, args)
+        if reason is not None:
+            raise BackendUnavailableError(f"{op}: backend '{requested}' was requested but cannot run this call: "
+                                          f"{reason}")
+        return requested
+    for backend in _preference(device):
+        if why_unable(op, backend, device, args) is None:
+            return backend
+    raise BackendUnavailableError(f"{op}: no backend can run this call on {device}")
+
+
+def choose_backward(op: str, forward_backend: str, device: torch.device, args: tuple) -> str:
+    """The backend of a backward op: the forward's, when it has a backward kernel that can run, else torch."""
+    return forward_backend if why_unable(op, forward_backend, device, args) is None else "torch"
+
+
+def availability(op: str, device: torch.device, args: tuple) -> dict[str, str | None]:
+    """For each backend: None if it can run `op(*args)`, else why not (used by the self-check table)."""
+    return {backend: why_unable(op, backend, device, args) for backend in BACKENDS}

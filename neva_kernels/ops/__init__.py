@@ -1,0 +1,15 @@
+"""The public ops. Each module defines one op: its checks, its torch.library custom op and its fake."""
+from .. import backends, reference
+from .append_kv_cache import append_kv_cache
+from .flash_attention import flash_attention
+from .paged_decode_attention import paged_decode_attention
+from .project_image_tokens import project_image_tokens
+from .rms_norm import rms_norm
+from .rotary_embedding import rotary_embedding
+
+# The reference is the torch backend: every op has it, on every device and dtype.
+for _op in backends.OPS + backends.BACKWARD_OPS:
+    backends.register(_op, "torch")(getattr(reference, _op))
+
+__all__ = ["append_kv_cache", "flash_attention", "paged_decode_attention", "project_image_tokens", "rms_norm",
+           "rotary_embedding"]

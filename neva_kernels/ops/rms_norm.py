@@ -1,0 +1,91 @@
+"""rms_norm(x, weight, eps, residual=None): LLaMA's RMSNorm, optionally fused with the residual add."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import backends, reference
+from ..checks import expect, expect_same_device, expect_same_dtype, expect_shape, expect_tensor
+OP = "rms_norm"
+
+
+@torch.library.custom_op("neva::rms_norm", mutates_args=())
+def _rms_norm(x: Tensor, weight: Tensor, eps: float, backend: str) -> Tensor:
+    return backends.implementation(OP, backend)(x, weight, eps)
+
+
+@_rms_norm.register_fake
+def _(x, weight, eps, backend):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("neva::fused_add_rms_norm", mutates_args=())
+def _fused_add_rms_norm(x: Tensor, weight: Tensor, eps: float, residual: Tensor, backend: str) -> tuple[Tensor, Tensor]:
+    return backends.implementation(OP, backend)(x, weight, eps, residual)
+
+
+@_fused_add_rms_norm.register_fake
+def _(x, weight, eps, residual, backend):
+    return x.new_empty(x.shape), x.new_empty(x.shape)
+
+
+@torch.library.custom_op("neva::rms_norm_backward", mutates_args=())
+def _rms_norm_backward(grad_y: Tensor, h: Tensor, weight: Tensor, eps: float, backend: str) -> tuple[Tensor, Tensor]:
+    return backends.implementation("rms_norm_backward", backend)(grad_y, h, weight, eps)
+
+
+@_rms_norm_backward.register_fake
+def _(grad_y, h, weight, eps, backend):
+    return h.new_empty(h.shape), weight.new_empty(weight.shape)
+
+
+def _save_normalized_input(ctx, inputs, output):
+    """Save h, the tensor that was normalized: x itself, or the updated residual x + residual."""
+    x, weight, eps, *rest = inputs
+    h = x if len(rest) == 1 else output[1]
+    ctx.save_for_backward(h, weight)
+    ctx.eps, ctx.backend = eps, rest[-1]
+
+
+def _norm_gradients(ctx, grad_y):
+    h, weight = ctx.saved_tensors
+    args = (grad_y, h, weight, ctx.eps)
+    backend = backends.choose_backward("rms_norm_backward", ctx.backend, h.device, args)
+    return _rms_norm_backward(*args, backend)
+
+
+def _rms_norm_grad(ctx, grad_y):
+    grad_x, grad_weight = _norm_gradients(ctx, grad_y)
+    return grad_x, grad_weight, None, None
+
+
+def _fused_add_rms_norm_grad(ctx, grad_y, grad_h):
+    grad_from_norm, grad_weight = _norm_gradients(ctx, grad_y)
+    grad_sum = grad_from_norm + grad_h  # x and residual both enter through h = x + residual
+    return grad_sum, grad_weight, None, grad_sum, None
+
+
+_rms_norm.register_autograd(_rms_norm_grad, setup_context=_save_normalized_input)
+_fused_add_rms_norm.register_autograd(_fused_add_rms_norm_grad, setup_context=_save_normalized_input)
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6, residual: Tensor | None = None, *,
+             backend: str | None = None):
+    """Normalize the last dimension of x [..., hidden] by its root mean square, then scale by weight [hidden].
+
+    With `residual` (same shape and dtype as x) this computes h = x + residual first and returns (y, h): the
+    normalized output and the updated residual stream, in one pass over memory. Accumulation is in float32.
+    """
+    expect_tensor(OP, "x", x)
+    expect(x.dim() >= 1 and x.shape[-1] > 0, OP, f"'x' must have a non-empty last dimension, got shape {list(x.shape)}")
+    expect_tensor(OP, "weight", weight, ndim=1)
+    expect_shape(OP, "weight", weight, [x.shape[-1]], "(the last dimension of x)")
+    expect(isinstance(eps, (int, float)) and eps >= 0, OP, f"'eps' must be a number >= 0, got {eps!r}")
+    if residual is not None:
+        expect_tensor(OP, "residual", residual)
+        expect_shape(OP, "residual", residual, list(x.shape), "(the shape of x)")
+    expect_same_dtype(OP, x=x, weight=weight, residual=residual)
+    expect_same_device(OP, x=x, weight=weight, residual=residual)
+    args = (x, weight, float(eps)) if residual is None else (x, weight, float(eps), residual)
+    chosen = backends.choose(OP, x.device, args, backend)
+    return _rms_norm(*args, chosen) if residual is None else _fused_add_rms_norm(*args, chosen)

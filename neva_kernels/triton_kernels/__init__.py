@@ -1,0 +1,13 @@
+"""The triton backend: @triton.jit kernels, one module per op, each registering itself with the dispatcher.
+
+On CUDA tensors they run compiled; on CPU tensors only under the Triton interpreter (TRITON_INTERPRET=1 set
+before neva_kernels is imported), in float16/float32.
+"""
+from .. import backends
+
+try:
+    import triton  # noqa: F401
+except ImportError as error:
+    backends.set_backend_missing("triton", f"triton is not installed ({error})")
+else:
+    backends.set_backend_missing("triton", None)

@@ -1,0 +1,191 @@
+"""The op contract: custom ops pass opcheck, compile without graph breaks, differentiate, and pick backends."""
+import math
+
+import pytest
+import torch
+
+import neva_kernels as nk
+from neva_kernels import backends, reference
+
+
+def small_inputs(dtype=torch.float32, requires_grad=False, hidden=769, d=40):
+    """One small, odd-shaped set of inputs for every op (hidden: model width, d: head dim)."""
+    def rand(*shape):
+        return torch.randn(*shape, dtype=dtype, requires_grad=requires_grad)
+    num_blocks, block_size, hkv = 5, 16, 2
+    return dict(
+        x=rand(3, hidden), weight=rand(hidden), residual=rand(3, hidden),
+        q=rand(2, 9, 4, d), k=rand(2, 11, hkv, d), v=rand(2, 11, hkv, d),
+        packed_q=rand(10, 4, d), packed_k=rand(13, hkv, d), packed_v=rand(13, hkv, d),
+        cu_q=torch.tensor([0, 1, 10], dtype=torch.int32), cu_k=torch.tensor([0, 4, 13], dtype=torch.int32),
+        decode_q=rand(3, 4, d),
+        k_cache=torch.randn(num_blocks, block_size, hkv, d, dtype=dtype),
+        v_cache=torch.randn(num_blocks, block_size, hkv, d, dtype=dtype),
+        block_tables=torch.tensor([[3, 1], [0, 4], [2, 0]], dtype=torch.int32),
+        seq_lens=torch.tensor([20, 1, 16], dtype=torch.int32),
+        new_k=rand(4, hkv, d), new_v=rand(4, hkv, d), slots=torch.tensor([0, 17, -1, 79]),
+        positions=torch.tensor([[0, 5, 9, 2, 7, 1, 3, 8, 4], [1, 1, 2, 3, 5, 8, 13, 21, 34]]),
+        cos_sin=reference.rotary_cos_sin_cache(d - 8, 64, dtype=dtype),
+        features=rand(2, 3, 24), w1=rand(33, 24), b1=rand(33), w2=rand(hidden, 33), b2=rand(hidden),
+        embeds=rand(2, 5, hidden), mask=torch.tensor([[1, 0, 1, 1, 0], [0, 1, 1, 0, 1]], dtype=torch.bool),
+    )
+
+
+def opcheck_cases():
+    i = small_inputs(requires_grad=True)
+    cache_copy = lambda name: i[name].clone()  # noqa: E731  (opcheck mutates in-place arguments)
+    scale = i["q"].shape[-1] ** -0.5
+    return {
+        "rms_norm": (torch.ops.neva.rms_norm, (i["x"], i["weight"], 1e-6, "torch")),
+        "fused_add_rms_norm": (torch.ops.neva.fused_add_rms_norm, (i["x"], i["weight"], 1e-6, i["residual"], "torch")),
+        "flash_attention": (torch.ops.neva.flash_attention,
+                            (i["q"], i["k"], i["v"], True, scale, None, None, None, None, "torch")),
+        "flash_attention_packed": (torch.ops.neva.flash_attention,
+                                   (i["packed_q"], i["packed_k"], i["packed_v"], False, scale, i["cu_q"], i["cu_k"],
+                                    9, 9, "torch")),
+        "paged_decode_attention": (torch.ops.neva.paged_decode_attention,
+                                   (i["decode_q"].detach(), i["k_cache"], i["v_cache"], i["block_tables"],
+                                    i["seq_lens"], scale, "torch")),
+        "append_kv_cache": (torch.ops.neva.append_kv_cache,
+                            (i["new_k"].detach(), i["new_v"].detach(), cache_copy("k_cache"), cache_copy("v_cache"),
+                             i["slots"], "torch")),
+        "rotary_embedding": (torch.ops.neva.rotary_embedding,
+                             (i["q"], i["q"][:, :, :2].detach(), i["positions"], i["cos_sin"], False, "torch")),
+        "project_image_tokens": (torch.ops.neva.project_image_tokens,
+                                 tuple(t.detach() for t in (i["features"], i["w1"], i["b1"], i["w2"], i["b2"],
+                                                            i["embeds"])) + (i["mask"], "torch")),
+        "project_image_tokens_functional": (torch.ops.neva.project_image_tokens_functional,
+                                            (i["features"], i["w1"], i["b1"], i["w2"], i["b2"], i["embeds"],
+                                             i["mask"], "torch")),
+    }
+
+
+@pytest.mark.parametrize("case", list(opcheck_cases()))
+def test_opcheck(case):
+    op, args = opcheck_cases()[case]
+    torch.library.opcheck(op, args)
+
+
+def every_op(i):
+    """A function that calls every public op once (what the model does per layer, in miniature)."""
+    y, h = nk.rms_norm(i["x"], i["weight"], 1e-6, residual=i["residual"])
+    attn = nk.flash_attention(i["q"], i["k"], i["v"], causal=True)
+    packed = nk.flash_attention(i["packed_q"], i["packed_k"], i["packed_v"], False, None, i["cu_q"], i["cu_k"], 9, 9)
+    q_rot, k_rot = nk.rotary_embedding(i["q"], i["k"][:, :9], i["positions"], i["cos_sin"])
+    nk.append_kv_cache(i["new_k"], i["new_v"], i["k_cache"], i["v_cache"], i["slots"])
+    decode = nk.paged_decode_attention(i["decode_q"], i["k_cache"], i["v_cache"], i["block_tables"], i["seq_lens"])
+    embeds = nk.project_image_tokens(i["features"], i["w1"], i["b1"], i["w2"], i["b2"], i["embeds"], i["mask"])
+    return (nk.rms_norm(y, i["weight"]), h, attn, packed, q_rot, k_rot, decode, embeds.clone(), i["k_cache"].clone())
+
+
+def test_every_op_compiles_fullgraph_and_matches_eager():
+    eager_inputs, compiled_inputs = small_inputs(), small_inputs()
+    for key in eager_inputs:
+        compiled_inputs[key] = eager_inputs[key].clone()
+    expected = every_op(eager_inputs)
+    torch._dynamo.reset()
+    actual = torch.compile(every_op, fullgraph=True)(compiled_inputs)
+    for e, a in zip(expected, actual):
+        torch.testing.assert_close(a, e)
+
+
+@pytest.mark.parametrize("name,call", [
+    ("rms_norm", lambda i: nk.rms_norm(i["x"], i["weight"])),
+    ("fused_add_rms_norm", lambda i: nk.rms_norm(i["x"], i["weight"], residual=i["residual"])),
+    ("flash_attention", lambda i: nk.flash_attention(i["q"], i["k"], i["v"], causal=True, return_lse=True)),
+    ("flash_attention_packed", lambda i: nk.flash_attention(i["packed_q"], i["packed_k"], i["packed_v"], True, None,
+                                                            i["cu_q"], i["cu_k"])),
+    ("rotary_embedding", lambda i: nk.rotary_embedding(i["q"], i["k"][:, :9], i["positions"], i["cos_sin"], True)),
+    ("project_image_tokens", lambda i: nk.project_image_tokens(i["features"], i["w1"], i["b1"], i["w2"], i["b2"],
+                                                               i["embeds"], i["mask"])),
+])
+def test_gradients_pass_gradcheck_in_float64(name, call):
+    inputs = small_inputs(torch.float64, requires_grad=True, hidden=11, d=12)
+    names = [key for key, t in inputs.items() if t.requires_grad]
+
+    def as_function(*tensors):
+        outputs = call({**inputs, **dict(zip(names, tensors))})
+        return outputs if isinstance(outputs, tuple) else (outputs,)
+    assert torch.autograd.gradcheck(as_function, tuple(inputs[n] for n in names))
+
+
+def test_project_image_tokens_under_autograd_returns_new_tensor():
+    i = small_inputs(requires_grad=True)
+    embeds_before = i["embeds"].detach().clone()
+    out = nk.project_image_tokens(i["features"], i["w1"], i["b1"], i["w2"], i["b2"], i["embeds"], i["mask"])
+    out.sum().backward()
+    assert torch.equal(i["embeds"].detach(), embeds_before)
+    assert i["w1"].grad is not None and i["features"].grad is not None
+    assert torch.equal(i["embeds"].grad[~i["mask"]], torch.ones_like(i["embeds"].grad[~i["mask"]]))
+    assert torch.equal(i["embeds"].grad[i["mask"]], torch.zeros_like(i["embeds"].grad[i["mask"]]))
+
+
+# ---- backend choice ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def restore_backend_settings():
+    yield
+    nk.set_backend(None)
+    for op in nk.OPS:
+        nk.set_backend(None, op=op)
+
+
+def test_cpu_tensors_pick_torch_automatically():
+    i = small_inputs()
+    assert backends.choose("rms_norm", i["x"].device, (i["x"], i["weight"], 1e-6)) == "torch"
+
+
+def test_requesting_an_unable_backend_raises_with_the_reason():
+    i = small_inputs()
+    with pytest.raises(nk.BackendUnavailableError, match="rms_norm: backend 'cuda' was requested"):
+        nk.rms_norm(i["x"], i["weight"], backend="cuda")
+
+
+def test_float64_is_refused_by_the_kernel_backends():
+    x = torch.randn(2, 8, dtype=torch.float64)
+    for backend in ("cuda", "triton"):
+        assert "float64" in backends.why_unable("rms_norm", backend, torch.device("cuda"), (x, x[0], 1e-6)) or \
+            backends.why_unable("rms_norm", backend, torch.device("cuda"), (x, x[0], 1e-6)) is not None
+
+
+def test_unknown_backend_name_is_an_error():
+    i = small_inputs()
+    with pytest.raises(nk.NevaValueError, match="backend must be one of cuda, triton, torch, got 'cudnn'"):
+        nk.rms_norm(i["x"], i["weight"], backend="cudnn")
+
+
+def test_global_and_per_op_settings(restore_backend_settings):
+    i = small_inputs()
+    nk.set_backend("cuda")
+    with pytest.raises(nk.BackendUnavailableError):
+        nk.rms_norm(i["x"], i["weight"])
+    nk.set_backend("torch", op="rms_norm")  # the per-op setting wins over the global one
+    nk.rms_norm(i["x"], i["weight"])
+    assert nk.rms_norm(i["x"], i["weight"], backend="torch").shape == i["x"].shape  # per call wins over both
+
+
+def test_environment_variable_is_parsed(monkeypatch, restore_backend_settings):
+    monkeypatch.setenv("NEVA_KERNELS_BACKEND", "torch, flash_attention=triton")
+    backends._read_environment()
+    assert backends._global_choice == "torch" and backends._per_op_choice == {"flash_attention": "triton"}
+    monkeypatch.setenv("NEVA_KERNELS_BACKEND", "rms_norm=fast")
+    with pytest.raises(nk.NevaValueError, match="got 'fast'"):
+        backends._read_environment()
+    monkeypatch.setenv("NEVA_KERNELS_BACKEND", "layer_norm=torch")
+    with pytest.raises(nk.NevaValueError, match="op must be one of"):
+        backends._read_environment()
+
+
+def test_value_checks_can_be_switched_off():
+    i = small_inputs()
+    bad_tables = i["block_tables"].clone()
+    bad_tables[0, 0] = 99
+    with pytest.raises(nk.NevaValueError):
+        nk.paged_decode_attention(i["decode_q"], i["k_cache"], i["v_cache"], bad_tables, i["seq_lens"])
+    nk.set_value_checks(False)
+    try:
+        assert nk.checks.value_checks_enabled(i["decode_q"]) is False
+    finally:
+        nk.set_value_checks(True)
+    assert math.isfinite(float(nk.paged_decode_attention(i["decode_q"], i["k_cache"], i["v_cache"],
+                                                         i["block_tables"], i["seq_lens"]).sum()))
