@@ -1,0 +1,84 @@
+"""NeVA: CLIP vision tower -> MLP projector into the image-token rows of the prompt -> LLaMA decoder -> lm head."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+import neva_kernels
+
+from .config import NevaConfig
+from .decoder import AttentionBatch, Decoder
+from .vision import VisionTower
+
+
+class Projector(nn.Module):
+    """LLaVA's mlp2x_gelu. Holds the weights; neva_kernels.project_image_tokens runs it (see Neva.embed)."""
+
+    def __init__(self, config: NevaConfig):
+        super().__init__()
+        features = config.vision.hidden_size * len(config.feature_layers)
+        self.linear_1 = nn.Linear(features, config.text.hidden_size, bias=config.projector_bias)
+        self.linear_2 = nn.Linear(config.text.hidden_size, config.text.hidden_size, bias=config.projector_bias)
+
+
+def packed_prefill_batch(lengths: list[int], device) -> AttentionBatch:
+    """The AttentionBatch of whole sequences of `lengths` packed one after another, positions from 0."""
+    lengths_t = torch.tensor(lengths, dtype=torch.int32, device=device)
+    cu_seqlens = torch.zeros(len(lengths) + 1, dtype=torch.int32, device=device)
+    cu_seqlens[1:] = lengths_t.cumsum(0)
+    positions = torch.cat([torch.arange(n, device=device) for n in lengths]) if lengths else lengths_t.long()
+    return AttentionBatch(positions=positions, cu_seqlens=cu_seqlens, max_seqlen=max(lengths, default=0))
+
+
+class Neva(nn.Module):
+    """The NeVA / LLaVA-1.5 model. ``Neva()`` is the small "tiny" preset; a name or a NevaConfig picks another.
+
+    Module names follow llava-hf's checkpoints (vision_tower, multi_modal_projector, language_model, lm_head),
+    so that weights load by name (neva_model.weights).
+    """
+
+    def __init__(self, config: NevaConfig | str = "tiny"):
+        super().__init__()
+        self.config = NevaConfig.from_name(config) if isinstance(config, str) else config
+        self.vision_tower = VisionTower(self.config.vision)
+        self.multi_modal_projector = Projector(self.config)
+        self.language_model = Decoder(self.config.text)
+        self.lm_head = nn.Linear(self.config.text.hidden_size, self.config.text.vocab_size, bias=False)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.language_model.embed_tokens.weight
+
+    def image_features(self, pixel_values: Tensor) -> Tensor:
+        """pixel_values [images, 3, S, S] -> vision features [images, tokens_per_image, hidden * feature layers]."""
+        states = self.vision_tower(pixel_values, self.config.feature_layers)
+        if self.config.vision_feature_select_strategy == "default":
+            states = [s[:, 1:] for s in states]  # drop the CLS token
+        return torch.cat(states, dim=-1)
+
+    def embed(self, input_ids: Tensor, image_features: Tensor | None = None) -> Tensor:
+        """Token embeddings of input_ids; each image token's row gets the next projected image feature, in order."""
+        image_mask = input_ids == self.config.image_token_index
+        embeds = self.language_model.embed_tokens(torch.where(image_mask, 0, input_ids))
+        if image_features is None:
+            return embeds
+        proj = self.multi_modal_projector
+        return neva_kernels.project_image_tokens(image_features.to(embeds.dtype), proj.linear_1.weight,
+                                                 proj.linear_1.bias, proj.linear_2.weight, proj.linear_2.bias,
+                                                 embeds, image_mask)
+
+    def forward_expanded(self, input_ids: Tensor, pixel_values: Tensor | None = None) -> Tensor:
+        """Logits [B, T, vocab] of input_ids [B, T] that already hold one image token per image feature
+        (transformers' convention), e.g. from neva_model.tokenizer's placeholder expansion."""
+        features = self.image_features(pixel_values) if pixel_values is not None else None
+        batch, length = input_ids.shape
+        embeds = self.embed(input_ids.reshape(-1), features)
+        hidden = self.language_model(embeds, packed_prefill_batch([length] * batch, input_ids.device))
+        return self.lm_head(hidden).reshape(batch, length, -1)
+
+    def forward(self, images: Tensor, caption_tokens: Tensor) -> Tensor:
+        """images [B, 3, S, S] and caption_tokens [B, T] -> logits [B, T_img + T, vocab], image tokens first."""
+        image_tokens = torch.full((caption_tokens.shape[0], self.config.image_tokens_per_image),
+                                  self.config.image_token_index, dtype=torch.long, device=caption_tokens.device)
+        return self.forward_expanded(torch.cat((image_tokens, caption_tokens.long()), dim=1), images)
