@@ -11,3 +11,5 @@ except ImportError as error:
     backends.set_backend_missing("triton", f"triton is not installed ({error})")
 else:
     backends.set_backend_missing("triton", None)
+    from . import append_kv_cache, paged_decode_attention, rms_norm, rotary_embedding  # noqa: F401  (register)
+    from . import flash_attention  # noqa: F401  (register)
