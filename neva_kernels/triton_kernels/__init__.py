@@ -12,4 +12,4 @@ except ImportError as error:
 else:
     backends.set_backend_missing("triton", None)
     from . import append_kv_cache, paged_decode_attention, rms_norm, rotary_embedding  # noqa: F401  (register)
-    from . import flash_attention  # noqa: F401  (register)
+    from . import flash_attention, flash_attention_backward, project_image_tokens  # noqa: F401  (register)

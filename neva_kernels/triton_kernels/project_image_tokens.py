@@ -1,0 +1,98 @@
+"""project_image_tokens in Triton: two GEMMs with fused epilogues, the second writing into inputs_embeds.
+
+hidden = GELU(x @ w1^T + b1) is the only intermediate that makes a round trip through memory; then
+out = hidden @ w2^T + b2 is stored row by row straight into the image-token rows of inputs_embeds (row i of the
+projection goes to the i-th set position of the mask, indices computed once with nonzero_static): no
+masked_scatter, no concatenation, no extra copy. Both GEMMs are one kernel: fp32 accumulation, bias and GELU
+(erf) applied to the accumulator, tiles walked in GROUP_M-row bands so that consecutive programs share weight
+tiles in L2.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import backends, reference
+from .compute_bound_configs import gemm_configs
+from .flash_attention import SUPPORTED_DTYPES, unit_stride
+
+
+@triton.jit
+def _linear_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, rows_ptr, M, N, K, stride_xm, stride_wn, stride_om, m_bucket,
+                   HAS_BIAS: tl.constexpr, GELU: tl.constexpr, SCATTER: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """out[rows[m]] = act(x[m] @ w^T + bias), with w [N, K] as nn.Linear stores it; rows[m] = m unless SCATTER."""
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    band = pid // (GROUP_M * tiles_n)
+    first_m = band * GROUP_M
+    band_rows = tl.minimum(tiles_m - first_m, GROUP_M)
+    tile_m = first_m + (pid % (GROUP_M * tiles_n)) % band_rows
+    tile_n = (pid % (GROUP_M * tiles_n)) // band_rows
+
+    offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    # Rows and columns past the edge read row/column 0 instead of masking: their results are never stored.
+    safe_m = tl.where(offs_m < M, offs_m, 0).to(tl.int64)
+    safe_n = tl.where(offs_n < N, offs_n, 0).to(tl.int64)
+    x_ptrs = x_ptr + safe_m[:, None] * stride_xm + offs_k[None, :]
+    w_ptrs = w_ptr + safe_n[None, :] * stride_wn + offs_k[:, None]
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k in range(0, K, BLOCK_K):
+        x = tl.load(x_ptrs, mask=offs_k[None, :] < K - k, other=0.0)
+        w = tl.load(w_ptrs, mask=offs_k[:, None] < K - k, other=0.0)
+        acc = tl.dot(x, w, acc, input_precision=DOT_PRECISION)
+        x_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+    if GELU:
+        acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
+    if SCATTER:
+        out_rows = tl.load(rows_ptr + offs_m, mask=offs_m < M, other=0).to(tl.int64)
+    else:
+        out_rows = offs_m.to(tl.int64)
+    tl.store(out_ptr + out_rows[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+@functools.cache
+def _autotuned_linear():
+    return triton.autotune(configs=gemm_configs(), key=["m_bucket", "N", "K", "HAS_BIAS", "GELU", "SCATTER"])(
+        _linear_kernel)
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor, gelu: bool,
+           rows: torch.Tensor | None = None) -> None:
+    """out[rows[i]] (out[i] without rows) = act(x[i] @ w^T + bias), for x [M, K], w [N, K], out [*, N]."""
+    (m, k), n = x.shape, w.shape[0]
+    grid = (lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),))
+    _autotuned_linear()[grid](x, w, bias, out, rows, m, n, k, x.stride(0), w.stride(0), out.stride(0),
+                              triton.next_power_of_2(m), HAS_BIAS=bias is not None, GELU=gelu,
+                              SCATTER=rows is not None,
+                              DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32")
+
+
+def supports(image_features, w1, b1, w2, b2, inputs_embeds, image_token_mask) -> str | None:
+    if image_features.dtype not in SUPPORTED_DTYPES:
+        return f"the triton project_image_tokens kernels take float16, bfloat16 or float32, got {image_features.dtype}"
+    return None
+
+
+@backends.register("project_image_tokens", "triton", supports=supports)
+def project_image_tokens(image_features, w1, b1, w2, b2, inputs_embeds, image_token_mask) -> None:
+    x = unit_stride(image_features.reshape(-1, image_features.shape[-1]))
+    if x.shape[0] == 0:
+        return
+    w1, w2 = unit_stride(w1), unit_stride(w2)
+    b1, b2 = (None if b is None else b.contiguous() for b in (b1, b2))
+    hidden = torch.empty(x.shape[0], w1.shape[0], dtype=x.dtype, device=x.device)
+    linear(x, w1, b1, hidden, gelu=True)
+    rows = reference.image_token_rows(image_token_mask, x.shape[0])
+    linear(hidden, w2, b2, inputs_embeds.view(-1, inputs_embeds.shape[-1]), gelu=False, rows=rows)
