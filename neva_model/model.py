@@ -58,11 +58,15 @@ class Neva(nn.Module):
         return torch.cat(states, dim=-1)
 
     def embed(self, input_ids: Tensor, image_features: Tensor | None = None) -> Tensor:
-        """Token embeddings of input_ids; each image token's row gets the next projected image feature, in order."""
+        """Token embeddings of input_ids; each image token's row gets the next projected image feature, in order.
+
+        Without image features an image token is embedded as any token (as transformers does when a model
+        generates it); with them its embedding row is never read, so an index past the vocabulary is fine.
+        """
+        if image_features is None:
+            return self.language_model.embed_tokens(input_ids)
         image_mask = input_ids == self.config.image_token_index
         embeds = self.language_model.embed_tokens(torch.where(image_mask, 0, input_ids))
-        if image_features is None:
-            return embeds
         proj = self.multi_modal_projector
         return neva_kernels.project_image_tokens(image_features.to(embeds.dtype), proj.linear_1.weight,
                                                  proj.linear_1.bias, proj.linear_2.weight, proj.linear_2.bias,
