@@ -1,0 +1,120 @@
+"""The `neva` command: `neva ask --model DIR --image IMG "question"` answers a question about images.
+
+The answer goes to stdout (streamed with --stream), the timing line to stderr, errors to stderr with exit
+status 1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import neva_kernels
+from neva_kernels import NevaError
+
+from .generate import Engine, Request, Timings
+from .image import CLIP_MEAN, CLIP_STD, preprocess_images
+from .prompts import STEERLM_ATTRIBUTE_ORDER, SteerLMAttributes, build_prompt
+from .sampling import SamplingParams
+from .tokenizer import load_tokenizer
+from .weights import DTYPES, load_neva
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neva", description="NeVA visual question answering on neva_kernels")
+    commands = parser.add_subparsers(dest="command", required=True)
+    ask = commands.add_parser("ask", help="answer a question about one or more images")
+    ask.add_argument("question")
+    ask.add_argument("--model", required=True, type=Path, help="llava-hf checkpoint directory")
+    ask.add_argument("--image", action="append", required=True, help="image file (repeat for several)")
+    ask.add_argument("--system", help="system text put before the conversation")
+    ask.add_argument("--stream", action="store_true", help="print the answer token by token")
+
+    run = ask.add_argument_group("runtime")
+    run.add_argument("--backend", choices=neva_kernels.BACKENDS, help="force one neva_kernels backend")
+    run.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on CUDA, float32 on CPU")
+    run.add_argument("--device", help="default: cuda when available, else cpu")
+    run.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block")
+
+    sampling = ask.add_argument_group("sampling")
+    sampling.add_argument("--max-new-tokens", type=int, default=256)
+    sampling.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    sampling.add_argument("--top-k", type=int, default=0, help="0 is no limit")
+    sampling.add_argument("--top-p", type=float, default=1.0)
+    sampling.add_argument("--seed", type=int)
+    sampling.add_argument("--stop", action="append", default=[], help="stop string (repeat for several)")
+    sampling.add_argument("--ignore-eos", action="store_true")
+
+    steer = ask.add_argument_group("SteerLM (NeMo NeVA's attribute-conditioned prompt)")
+    steer.add_argument("--steerlm", action="store_true",
+                       help="use the SteerLM prompt with NeVA's default attributes; any attribute below implies it")
+    for name in STEERLM_ATTRIBUTE_ORDER:
+        steer.add_argument(f"--{name.replace('_', '-')}", type=int, metavar="0-9")
+    return parser
+
+
+def _steerlm(args) -> SteerLMAttributes | None:
+    given = {name: getattr(args, name) for name in STEERLM_ATTRIBUTE_ORDER if getattr(args, name) is not None}
+    return SteerLMAttributes(**given) if args.steerlm or given else None
+
+
+def _image_stats(model_dir: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std from preprocessor_config.json when the checkpoint has one, else CLIP's."""
+    path = model_dir / "preprocessor_config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    return tuple(config.get("image_mean", CLIP_MEAN)), tuple(config.get("image_std", CLIP_STD))
+
+
+def timing_line(t: Timings) -> str:
+    return (f"vision {t.vision_s * 1e3:.1f} ms | projection {t.projection_s * 1e3:.1f} ms | prefill "
+            f"{t.prefill_tokens} tokens {t.prefill_s * 1e3:.1f} ms | decode {t.decode_tokens} tokens "
+            f"{t.decode_tokens_per_s:.1f} tokens/s")
+
+
+def ask(args) -> str:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    if args.backend:
+        neva_kernels.set_backend(args.backend)
+    model = load_neva(args.model, dtype=dtype, device=device)
+    config = model.config
+    tokenizer = load_tokenizer(args.model)
+    images = preprocess_images(args.image, config.vision.image_size, *_image_stats(args.model))
+    prompt = build_prompt(args.question, steerlm=_steerlm(args), system=args.system, num_images=len(args.image))
+    ids = tokenizer.expand_image_tokens(tokenizer.encode(prompt), config.image_tokens_per_image, len(args.image))
+    # The model marks image rows with its config's image_token_index, whatever id the tokenizer gives "<image>".
+    ids = [config.image_token_index if t == tokenizer.image_token_id else t for t in ids]
+    sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                              top_p=args.top_p, seed=args.seed, stop=tuple(args.stop), ignore_eos=args.ignore_eos)
+    engine = Engine(model, max_batch_size=1, block_size=args.block_size,
+                    max_seq_len=min(len(ids) + args.max_new_tokens, config.text.max_position_embeddings),
+                    detokenize=tokenizer.decode)
+    printed = []
+
+    def stream(_, token: int) -> None:
+        printed.append(token)
+        text = tokenizer.decode(printed)
+        previous = tokenizer.decode(printed[:-1])
+        print(text[len(previous):], end="", flush=True)
+
+    completion = engine.generate([Request(ids, images, sampling)], stream if args.stream else None)[0]
+    print("" if args.stream else completion.text)
+    print(timing_line(engine.timings), file=sys.stderr)
+    return completion.text
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        ask(args)
+    except (NevaError, OSError) as error:
+        print(f"neva: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
