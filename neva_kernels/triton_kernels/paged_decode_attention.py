@@ -15,7 +15,10 @@ import triton.language as tl
 from torch import Tensor
 
 from .. import backends
+from ..checks import expect
 from . import memory_bound_configs as configs
+
+OP = "paged_decode_attention"
 
 # Query heads sharing one KV head form the M dimension of a tl.dot, which must be at least 16.
 GROUP_TILE = 16
@@ -54,14 +57,17 @@ def _paged_decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_
         page = tl.load(table_row + tokens // block_size, mask=token_mask, other=0).to(tl.int64)
         rows = ((page * block_size + tokens % block_size) * kv_heads + kv_head) * HEAD_DIM
         kv_mask = token_mask[:, None] & dim_mask[None, :]
-        k = tl.load(k_cache_ptr + rows[:, None] + dims[None, :], mask=kv_mask, other=0.0)
+        # Each cached row starts 16-byte aligned (checked by the wrapper): vector loads, whatever the strides.
+        k_ptrs = tl.multiple_of(k_cache_ptr + rows[:, None] + dims[None, :], [16, 16])
+        v_ptrs = tl.multiple_of(v_cache_ptr + rows[:, None] + dims[None, :], [16, 16])
+        k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
         scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
         scores = tl.where(token_mask[None, :], scores, -float("inf"))
         new_max = tl.maximum(running_max, tl.max(scores, axis=1))
         correction = tl.exp2(running_max - new_max)
         probs = tl.exp2(scores - new_max[:, None])
         running_sum = running_sum * correction + tl.sum(probs, axis=1)
-        v = tl.load(v_cache_ptr + rows[:, None] + dims[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
         acc = acc * correction[:, None] + tl.dot(probs.to(v.dtype), v, input_precision=DOT_PRECISION)
         running_max = new_max
 
@@ -105,6 +111,9 @@ def _supports(q: Tensor, k_cache: Tensor, *_) -> str | None:
         return f"the triton paged decode handles head_dim <= {configs.DECODE_MAX_HEAD_DIM}, got {head_dim}"
     if group > GROUP_TILE:
         return f"the triton paged decode serves at most {GROUP_TILE} query heads per KV head, got {group}"
+    if head_dim * k_cache.element_size() % 16:
+        return f"the triton paged decode reads 16-byte vectors: head_dim {head_dim} x {k_cache.element_size()} bytes " \
+               "is not a multiple of 16"
     return None
 
 
@@ -113,6 +122,8 @@ def paged_decode(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tens
     """The triton implementation; `num_splits` overrides the heuristic (tests force both paths with it)."""
     batch, q_heads, head_dim = q.shape
     _, block_size, kv_heads, _ = k_cache.shape
+    for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
+        expect(cache.data_ptr() % 16 == 0, OP, f"the triton kernel needs '{name}' to start 16-byte aligned")
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if batch == 0:
         return out
@@ -144,7 +155,7 @@ def paged_decode(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tens
     return out
 
 
-@backends.register("paged_decode_attention", "triton", supports=_supports)
+@backends.register(OP, "triton", supports=_supports)
 def paged_decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor, seq_lens: Tensor,
                            softmax_scale: float) -> Tensor:
     return paged_decode(q, k_cache, v_cache, block_tables, seq_lens, softmax_scale)

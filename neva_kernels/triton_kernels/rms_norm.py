@@ -75,7 +75,7 @@ def _supports(x: Tensor, *_) -> str | None:
 @backends.register("rms_norm", "triton", supports=_supports)
 def rms_norm(x: Tensor, weight: Tensor, eps: float, residual: Tensor | None = None):
     hidden = x.shape[-1]
-    x_rows = _rows(x)
+    x_rows, weight = _rows(x), weight.contiguous()
     residual_rows = x_rows if residual is None else _rows(residual)
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     h = y if residual is None else torch.empty(x.shape, dtype=x.dtype, device=x.device)
@@ -91,7 +91,7 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float, residual: Tensor | None = No
 @backends.register("rms_norm_backward", "triton", supports=lambda grad_y, h, *_: _supports(h))
 def rms_norm_backward(grad_y: Tensor, h: Tensor, weight: Tensor, eps: float):
     hidden = h.shape[-1]
-    grad_y_rows, h_rows = _rows(grad_y), _rows(h)
+    grad_y_rows, h_rows, weight = _rows(grad_y), _rows(h), weight.contiguous()
     rows = h_rows.shape[0]
     grad_h = torch.empty(h.shape, dtype=h.dtype, device=h.device)
     rows_per_program = configs.rms_norm_backward_rows_per_program(rows, h.device)
