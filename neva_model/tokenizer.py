@@ -200,15 +200,23 @@ def _from_tokenizer_json(path: Path, config: dict, image_token: str) -> NevaToke
 
 
 def _sentencepiece_available() -> bool:
-    return importlib.util.find_spec("sentencepiece") is not None
+    # transformers reads a sentencepiece model through the sentencepiece package and its protobuf schema.
+    return all(_installed(name) for name in ("sentencepiece", "google.protobuf"))
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a missing parent package ("google") raises instead of answering None
+        return False
 
 
 def _from_sentencepiece(directory: Path, config: dict, image_token: str) -> NevaTokenizer:
     path = directory / "tokenizer.model"
     if not _sentencepiece_available():
         raise NevaTokenizerError(
-            f"{path} is a sentencepiece model and the sentencepiece package is not installed: "
-            "pip install sentencepiece"
+            f"{path} is a sentencepiece model, which needs the sentencepiece and protobuf packages: "
+            "pip install sentencepiece protobuf"
         )
     from transformers import LlamaTokenizer
 
@@ -220,8 +228,8 @@ def _from_sentencepiece(directory: Path, config: dict, image_token: str) -> Neva
     def token_to_id(token: str) -> int | None:
         token_id = backend.convert_tokens_to_ids(token)
         # convert_tokens_to_ids answers the unknown token's id for a token that is not in the vocabulary.
-        return None if token_id is None or (token_id == backend.unk_token_id and token != backend.unk_token) \
-            else token_id
+        unknown = token_id == backend.unk_token_id and token != backend.unk_token
+        return None if token_id is None or unknown else token_id
 
     return _assemble(
         encode_plain=lambda text: backend.encode(text, add_special_tokens=False),
