@@ -150,12 +150,13 @@ def _flash_forward_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, cu_q_ptr, cu_k_
     acc, l_i, m_i = _forward_tiles(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, full, end,
                                    len_k, shift, qk_scale, CAUSAL, True, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_PRECISION)
 
-    # Rows that saw no key: l = 0, acc = 0 -> out 0; m = -inf -> lse = -inf.
-    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    # Rows that saw no key: l = 0 and acc = 0 -> out 0, lse -inf.
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_safe[:, None]
     store_rows(out_ptr + b64 * stride_ob + q_start * stride_os + h * stride_oh
                + offs_m[:, None] * stride_os + offs_d[None, :], out.to(out_ptr.dtype.element_ty), offs_m, len_q,
                offs_d, HEAD_DIM, BLOCK_D)
-    lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453  # log2 units -> natural log
+    lse = tl.where(l_i == 0.0, -float("inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)  # ln, not log2
     tl.store(lse_ptr + b64 * stride_lb + h * stride_lh + (q_start + offs_m) * stride_ls, lse, mask=offs_m < len_q)
 
 
