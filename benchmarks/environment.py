@@ -37,6 +37,7 @@ def stamp(device: torch.device) -> dict:
     on_gpu = device.type == "cuda"
     return {
         "device": torch.cuda.get_device_name(device) if on_gpu else f"CPU ({platform.processor() or platform.machine()})",
+        "architecture": "sm{}{}".format(*torch.cuda.get_device_capability(device)) if on_gpu else "cpu",
         "driver": _driver_version() if on_gpu else "none",
         "torch": torch.__version__, "cuda": torch.version.cuda or "none", "triton": triton_version,
         "python": platform.python_version(), "commit": git_commit(),

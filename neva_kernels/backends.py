@@ -1,8 +1,10 @@
 """Which backend runs an op: the registry of implementations and the choice per call.
 
 Three backends implement the same contract: ``cuda`` (the compiled extension ``neva_kernels._C``), ``triton``
-and ``torch`` (the pure-PyTorch reference). Per call the first *able* backend in the preference order runs;
-on CPU tensors that is always ``torch`` (the Triton interpreter is a debugging tool, never an automatic pick).
+and ``torch`` (the pure-PyTorch reference). Per call the first *able* backend in the preference order runs:
+cuda > triton > torch, where a cuda kernel counts only on GPU architectures where the committed benchmark results
+measured it (``measured_preferences.json``; elsewhere it is opt-in). On CPU tensors it is always ``torch`` (the
+Triton interpreter is a debugging tool, never an automatic pick).
 
 Overrides, strongest first:
   1. ``backend=`` on the call;
@@ -12,6 +14,7 @@ A requested backend that cannot run the call raises BackendUnavailableError sayi
 """
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -142,8 +145,32 @@ def why_unable(op: str, backend: str, device: torch.device, args: tuple) -> str 
     return impl.supports(*args) if impl.supports else None
 
 
-def _preference(device: torch.device) -> tuple[str, ...]:
-    return BACKENDS if device.type == "cuda" else ("torch",)
+def _load_measured_preferences() -> dict:
+    path = os.path.join(os.path.dirname(__file__), "measured_preferences.json")
+    with open(path) as f:
+        return json.load(f)["architectures"]
+
+
+# {"sm90": {"rms_norm": ["cuda", "triton"], ...}}: per GPU architecture and op, the backends in the order the
+# committed benchmark results ranked them (scripts/update_preferences.py writes it from benchmarks/results/).
+_measured = _load_measured_preferences()
+
+
+def architecture(device: torch.device) -> str:
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"sm{major}{minor}"
+
+
+def _preference(op: str, device: torch.device) -> tuple[str, ...]:
+    """The automatic order: on CPUs torch only; on GPUs the measured order where there is one, else triton first.
+
+    A hand-written CUDA kernel is picked automatically only on architectures where it was run and measured: before
+    that it is opt-in (backend="cuda"), so a kernel that never ran on a GPU never answers a user by surprise.
+    """
+    if device.type != "cuda":
+        return ("torch",)
+    measured = tuple(_measured.get(architecture(device), {}).get(op, ()))
+    return measured + tuple(b for b in ("triton", "torch") if b not in measured)
 
 
 def choose(op: str, device: torch.device, args: tuple, requested: str | None = None) -> str:
@@ -156,7 +183,7 @@ def choose(op: str, device: torch.device, args: tuple, requested: str | None = N
             raise BackendUnavailableError(f"{op}: backend '{requested}' was requested but cannot run this call: "
                                           f"{reason}")
         return requested
-    for backend in _preference(device):
+    for backend in _preference(op, device):
         if why_unable(op, backend, device, args) is None:
             return backend
     raise BackendUnavailableError(f"{op}: no backend can run this call on {device}")

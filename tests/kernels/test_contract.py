@@ -189,3 +189,33 @@ def test_value_checks_can_be_switched_off():
         nk.set_value_checks(True)
     assert math.isfinite(float(nk.paged_decode_attention(i["decode_q"], i["k_cache"], i["v_cache"],
                                                          i["block_tables"], i["seq_lens"]).sum()))
+
+
+def test_cuda_kernels_are_automatic_only_where_measured(monkeypatch):
+    """Without a measurement for this GPU architecture the automatic order skips cuda; with one it follows it."""
+    monkeypatch.setattr(backends, "architecture", lambda device: "sm90")
+    gpu = torch.device("cuda")
+    monkeypatch.setattr(backends, "_measured", {})
+    assert backends._preference("rms_norm", gpu) == ("triton", "torch")
+    monkeypatch.setattr(backends, "_measured", {"sm90": {"rms_norm": ["cuda", "triton"]}})
+    assert backends._preference("rms_norm", gpu) == ("cuda", "triton", "torch")
+    assert backends._preference("flash_attention", gpu) == ("triton", "torch")
+
+
+def test_preference_table_is_ranked_from_results(tmp_path):
+    import importlib.util
+    import json
+    import os
+    script = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "update_preferences.py")
+    spec = importlib.util.spec_from_file_location("update_preferences", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rank = module.rank
+    case = {"op": "rms_norm", "backward": False,
+            "results": {"neva-cuda": {"ms": 1.0}, "neva-triton": {"ms": 1.5}, "torch-eager": {"ms": 3.0}}}
+    slower = {**case, "op": "paged_decode_attention",
+              "results": {"neva-cuda": {"ms": 2.0}, "neva-triton": {"ms": 1.0}}}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"stamp": {"architecture": "sm90"}, "quick": False, "cases": [case, slower]}))
+    assert rank([str(path)]) == {"sm90": {"rms_norm": ["cuda", "triton"],
+                                          "paged_decode_attention": ["triton", "cuda"]}}
