@@ -134,9 +134,9 @@ class Engine:
                     self._decode_step(on_token, done)
         finally:  # after an error (e.g. in on_token) the engine is left empty and usable
             for i, s in enumerate(self.slots):
-                if s is not None:
+                if s is not None and s.seq_id in self.allocator:
                     self.allocator.free(s.seq_id)
-                    self.slots[i] = None
+                self.slots[i] = None
         return [Completion(done[i].tokens, done[i].text, done[i].finish_reason) for i in range(len(requests))]
 
     def _check(self, request: Request) -> None:
@@ -147,6 +147,12 @@ class Engine:
         if self.allocator.blocks_for(need) > self.allocator.num_blocks:
             raise NevaValueError(f"Engine: a request of {need} tokens needs more than the cache's "
                                  f"{self.allocator.num_blocks} blocks")
+        config = self.model.config
+        image_tokens = sum(t == config.image_token_index for t in request.input_ids)
+        images = 0 if request.images is None else request.images.shape[0]
+        if image_tokens != images * config.image_tokens_per_image:
+            raise NevaValueError(f"Engine: a request has {image_tokens} image tokens for {images} image(s) of "
+                                 f"{config.image_tokens_per_image} tokens each")
         if request.sampling.stop and self.detokenize is None:
             raise NevaValueError("Engine: stop strings need a detokenizer (Engine(detokenize=...))")
 

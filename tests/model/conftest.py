@@ -13,6 +13,14 @@ def checkpoint(request, tmp_path_factory):
     return case, write_checkpoint(case, directory), directory
 
 
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """(case, transformers model, directory) of the first parity configuration, for the engine and CLI tests."""
+    case = PARITY_CASES[0]
+    directory = tmp_path_factory.mktemp("tiny")
+    return case, write_checkpoint(case, directory), directory
+
+
 @pytest.fixture
 def single_thread():
     """One torch thread: tiny matmuls on a shared 2-core machine run far slower when threads contend."""
