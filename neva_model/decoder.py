@@ -125,17 +125,19 @@ class Decoder(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.register_buffer("rope_cache", rope_cos_sin_cache(config, self.embed_tokens.weight.device),
-                             persistent=False)
+        # Not a buffer: module.to(bfloat16) would round the angles (positions past 256 would drift).
+        self._rope_cache: Tensor | None = None
 
-    def reset_rope_cache(self) -> None:
-        """Recompute the cos/sin cache in float32 (after to_empty, or a dtype cast that rounded it)."""
-        self.rope_cache = rope_cos_sin_cache(self.config, self.embed_tokens.weight.device)
+    def rope_cache(self, device: torch.device) -> Tensor:
+        """The float32 cos/sin cache on `device`, built on first use there."""
+        if self._rope_cache is None or self._rope_cache.device != device:
+            self._rope_cache = rope_cos_sin_cache(self.config, device)
+        return self._rope_cache
 
     def forward(self, embeds: Tensor, batch: AttentionBatch, kv_cache: PagedKVCache | None = None) -> Tensor:
         """embeds [N, hidden] -> normalized hidden states [N, hidden]; K/V go to kv_cache where batch says."""
-        x, residual = embeds, None
+        x, residual, rope_cache = embeds, None, self.rope_cache(embeds.device)
         for index, layer in enumerate(self.layers):
-            x, residual = layer(x, residual, batch, self.rope_cache,
+            x, residual = layer(x, residual, batch, rope_cache,
                                 kv_cache.layer(index) if kv_cache is not None else None)
         return self.norm(x) if residual is None else self.norm(x, residual)[0]

@@ -15,7 +15,7 @@ class VisionEmbeddings(nn.Module):
 
     def __init__(self, config: VisionConfig):
         super().__init__()
-        self.class_embedding = nn.Parameter(torch.empty(config.hidden_size))
+        self.class_embedding = nn.Parameter(torch.randn(config.hidden_size) * config.hidden_size ** -0.5)  # CLIP's
         self.patch_embedding = nn.Conv2d(config.num_channels, config.hidden_size, config.patch_size,
                                          stride=config.patch_size, bias=False)
         self.position_embedding = nn.Embedding(config.num_patches + 1, config.hidden_size)

@@ -128,7 +128,6 @@ def load_neva(model_dir: str | Path, dtype: torch.dtype | None = None, device: s
         model = Neva(config).to(dtype)  # cast while empty: the device never holds a float32 copy
     model = model.to_empty(device=device)
     model.tie_weights()  # to_empty gives every module its own tensor
-    model.language_model.reset_rope_cache()
     filler = _Filler(model)
     for path in shard_files(model_dir):
         with safe_open(str(path), framework="pt", device="cpu") as shard:

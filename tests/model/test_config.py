@@ -1,0 +1,70 @@
+"""Presets and the translation of llava-hf config.json files."""
+import pytest
+
+from neva_model import NevaConfig, NevaConfigError, from_hf_config
+
+# llava-hf/llava-1.5-7b-hf's config.json: it leaves most values to transformers' defaults.
+LLAVA_15_7B_HF = {
+    "architectures": ["LlavaForConditionalGeneration"], "ignore_index": -100, "image_token_index": 32000,
+    "model_type": "llava", "pad_token_id": 32001, "projector_hidden_act": "gelu",
+    "text_config": {"_name_or_path": "lmsys/vicuna-7b-v1.5", "architectures": ["LlamaForCausalLM"],
+                    "max_position_embeddings": 4096, "model_type": "llama", "rms_norm_eps": 1e-05,
+                    "torch_dtype": "float16", "vocab_size": 32064},
+    "tie_word_embeddings": False, "torch_dtype": "float16", "transformers_version": "4.36.0.dev0",
+    "vision_config": {"hidden_size": 1024, "image_size": 336, "intermediate_size": 4096,
+                      "model_type": "clip_vision_model", "num_attention_heads": 16, "num_hidden_layers": 24,
+                      "patch_size": 14, "projection_dim": 768, "vocab_size": 32000},
+    "vision_feature_layer": -2, "vision_feature_select_strategy": "default", "vocab_size": 32064,
+}
+
+
+def test_llava_15_7b_hf_config_is_the_preset():
+    assert from_hf_config(LLAVA_15_7B_HF) == NevaConfig.from_name("llava-1.5-7b")
+    assert NevaConfig.from_name("llava-1.5-7b").image_tokens_per_image == 576
+
+
+def test_13b_preset_and_file_reading(tmp_path):
+    import json
+    hf = dict(LLAVA_15_7B_HF, text_config=dict(LLAVA_15_7B_HF["text_config"], hidden_size=5120,
+                                               intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40))
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    assert from_hf_config(tmp_path) == from_hf_config(tmp_path / "config.json") == NevaConfig.from_name("llava-1.5-13b")
+
+
+@pytest.mark.parametrize("text, theta, factor", [
+    ({"rope_theta": 5e5, "rope_scaling": {"type": "linear", "factor": 4.0}}, 5e5, 4.0),  # transformers 4
+    ({"rope_parameters": {"rope_type": "linear", "rope_theta": 1e6, "factor": 2.0}}, 1e6, 2.0),  # transformers 5
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 100.0}}, 100.0, 1.0),
+    ({}, 10000.0, 1.0),
+])
+def test_rope_settings(text, theta, factor):
+    config = from_hf_config({"text_config": {**text, "num_key_value_heads": 8}})
+    assert (config.text.rope_theta, config.text.rope_scaling_factor, config.text.num_kv_heads) == (theta, factor, 8)
+
+
+def test_feature_layer_lists_strategy_bias_and_tying():
+    config = from_hf_config({"vision_feature_layer": [-2, -5], "vision_feature_select_strategy": "full",
+                             "multimodal_projector_bias": False, "text_config": {"tie_word_embeddings": True}})
+    assert config.feature_layers == (-2, -5)
+    assert config.image_tokens_per_image == 577
+    assert (config.projector_bias, config.tie_word_embeddings) == (False, True)
+
+
+@pytest.mark.parametrize("hf, message", [
+    ({"text_config": {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}}, "'yarn' is not supported"),
+    ({"projector_hidden_act": "relu"}, "projector_hidden_act 'relu'"),
+    ({"vision_feature_layer": 30}, "vision_feature_layer 30"),
+    ({"vision_feature_select_strategy": "cls"}, "'default' or 'full'"),
+    ({"text_config": {"num_attention_heads": 32, "num_key_value_heads": 6}}, "multiple of num_key_value_heads"),
+    ({"model_type": "idefics"}, "is not 'llava'"),
+])
+def test_unsupported_settings_are_clear_errors(hf, message):
+    with pytest.raises(NevaConfigError, match=message):
+        from_hf_config(hf)
+
+
+def test_unknown_preset_and_missing_file(tmp_path):
+    with pytest.raises(NevaConfigError, match="known: llava-1.5-13b, llava-1.5-7b, tiny"):
+        NevaConfig.from_name("llava-2")
+    with pytest.raises(NevaConfigError, match="no config.json"):
+        from_hf_config(tmp_path)
