@@ -15,3 +15,4 @@ class Case:
     flops: float | None = None               # floating-point operations per call (compute-bound ops)
     missing: dict[str, str] = field(default_factory=dict)  # anchor -> why it was not measured
     backward: bool = False                   # the implementations run a backward pass
+    tokens: int | None = None                # tokens each call produces (reported as tokens/s)

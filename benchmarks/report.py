@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import defaultdict
 
 import matplotlib
@@ -16,12 +17,16 @@ def _throughput(entry: dict) -> str:
         return f"{entry['tflops']:.1f} TFLOP/s"
     if "gbps" in entry:
         return f"{entry['gbps']:.0f} GB/s"
-    return "-"
+    return ""
 
 
 def _cell(entry: dict) -> str:
-    roof = f" ({entry['roofline_pct']:.0f}%)" if "roofline_pct" in entry else ""
-    return f"{entry['ms']:.3f} ms, {_throughput(entry)}{roof}"
+    parts = [f"{entry['ms']:.3f} ms"]
+    if _throughput(entry):
+        parts.append(_throughput(entry) + (f" ({entry['roofline_pct']:.0f}%)" if "roofline_pct" in entry else ""))
+    if "tokens_per_s" in entry:
+        parts.append(f"{entry['tokens_per_s']:.0f} tok/s")
+    return ", ".join(parts)
 
 
 def markdown(data: dict) -> str:
@@ -43,7 +48,7 @@ def markdown(data: dict) -> str:
             lines.append(f"| {case['label']} | " + " | ".join(cells) + " |")
         speedups = [f"- {case['label']}: " + ", ".join(f"{n} is {x:.2f}x {other}" for n, e in case["results"].items()
                                                       for other, x in e.get("speedup", {}).items())
-                    for case in cases if any("speedup" in e for e in case["results"].values())]
+                    for case in cases if any(e.get("speedup") for e in case["results"].values())]
         missing = sorted({f"{n}: {why}" for case in cases for n, why in case["missing"].items()})
         lines += [""] + (["Speedups (anchor time / neva time):", *speedups, ""] if speedups else [])
         lines += (["Not measured:", *[f"- {m}" for m in missing], ""] if missing else [])
@@ -76,7 +81,7 @@ def plot(data: dict, folder: str) -> list[str]:
         ax.set_ylabel(unit)
         ax.set_title(f"{op}{' backward' if backward else ''} — {data['stamp']['device']}")
         ax.legend(fontsize=7)
-        name = f"{op}{'_backward' if backward else ''}_{len(paths)}.png"
+        name = re.sub(r"[^a-z0-9]+", "_", f"{op}{' backward' if backward else ''} {len(paths)}".lower()) + ".png"
         fig.savefig(os.path.join(folder, name), dpi=110, bbox_inches="tight")
         plt.close(fig)
         paths.append(name)

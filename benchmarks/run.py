@@ -43,6 +43,8 @@ def measure_case(case: Case, timer: Timer, ceilings: dict) -> dict:
         if case.bytes:
             entry["gbps"] = case.bytes / (ms * 1e-3) / 1e9
             entry["roofline_pct"] = 100 * entry["gbps"] / ceilings["copy_gbps"]
+        if case.tokens:
+            entry["tokens_per_s"] = case.tokens / (ms * 1e-3)
         if case.flops:
             entry["tflops"] = case.flops / (ms * 1e-3) / 1e12
             entry["roofline_pct"] = 100 * entry["tflops"] / ceilings["matmul_tflops"]
