@@ -19,6 +19,9 @@ ARCHS = (SM80, SM90)
 
 # rms_norm keeps a whole row in registers: rows wider than this are refused (LLaMA-family models use <= 8192).
 RMS_NORM_MAX_HIDDEN = 16384
+# The backward holds four rows (grad_y, h, weight, the grad_weight sum): wider ones spill, and autograd falls back
+# to the torch backward for them.
+RMS_NORM_BACKWARD_MAX_HIDDEN = 8192
 # Head dims the decode kernel is compiled for (padded up to a power of two inside the kernel).
 DECODE_MAX_HEAD_DIM = 256
 # The split-KV merge kernel holds every split's partial result of one head at once.
@@ -83,7 +86,7 @@ _DECODE = {
     (SM80, 64): DecodeConfig(tile_tokens=64, num_warps=4, num_stages=2, min_tokens_per_split=256, waves=2),
     (SM80, 128): DecodeConfig(tile_tokens=64, num_warps=4, num_stages=2, min_tokens_per_split=256, waves=2),
     (SM80, 256): DecodeConfig(tile_tokens=32, num_warps=4, num_stages=2, min_tokens_per_split=256, waves=2),
-    (SM90, 64): DecodeConfig(tile_tokens=128, num_warps=4, num_stages=3, min_tokens_per_split=512, waves=2),
+    (SM90, 64): DecodeConfig(tile_tokens=128, num_warps=8, num_stages=3, min_tokens_per_split=512, waves=2),
     (SM90, 128): DecodeConfig(tile_tokens=64, num_warps=4, num_stages=3, min_tokens_per_split=512, waves=2),
     (SM90, 256): DecodeConfig(tile_tokens=32, num_warps=8, num_stages=3, min_tokens_per_split=512, waves=2),
 }
@@ -113,5 +116,8 @@ def decode_num_splits(batch: int, kv_heads: int, max_context: int, device: torch
 # ---- append_kv_cache and rotary_embedding: one token per program -----------------------------------------
 
 def per_token_launch(elements: int) -> Launch:
-    """Warps for a program that moves `elements` values: about 8 per thread, 1 to 8 warps."""
-    return Launch(num_warps=min(max(elements // 256, 1), 8))
+    """Warps for a program that moves `elements` values: about 8 per thread, a power of two from 1 to 8."""
+    warps = 1
+    while warps < 8 and 2 * warps * 256 <= elements:
+        warps *= 2
+    return Launch(num_warps=warps)

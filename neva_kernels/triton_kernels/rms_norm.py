@@ -65,14 +65,13 @@ def _rows(t: Tensor) -> Tensor:
     return rows if rows.stride(-1) == 1 else rows.contiguous()
 
 
-def _supports(x: Tensor, *_) -> str | None:
-    if x.shape[-1] > configs.RMS_NORM_MAX_HIDDEN:
-        return f"the triton rms_norm holds a row in registers: hidden size {x.shape[-1]} > " \
-               f"{configs.RMS_NORM_MAX_HIDDEN}"
+def _row_fits(hidden: int, limit: int) -> str | None:
+    if hidden > limit:
+        return f"the triton kernel holds a row in registers: hidden size {hidden} > {limit}"
     return None
 
 
-@backends.register("rms_norm", "triton", supports=_supports)
+@backends.register("rms_norm", "triton", supports=lambda x, *_: _row_fits(x.shape[-1], configs.RMS_NORM_MAX_HIDDEN))
 def rms_norm(x: Tensor, weight: Tensor, eps: float, residual: Tensor | None = None):
     hidden = x.shape[-1]
     x_rows, weight = _rows(x), weight.contiguous()
@@ -88,7 +87,8 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float, residual: Tensor | None = No
     return y if residual is None else (y, h)
 
 
-@backends.register("rms_norm_backward", "triton", supports=lambda grad_y, h, *_: _supports(h))
+@backends.register("rms_norm_backward", "triton",
+                   supports=lambda grad_y, h, *_: _row_fits(h.shape[-1], configs.RMS_NORM_BACKWARD_MAX_HIDDEN))
 def rms_norm_backward(grad_y: Tensor, h: Tensor, weight: Tensor, eps: float):
     hidden = h.shape[-1]
     grad_y_rows, h_rows, weight = _rows(grad_y), _rows(h), weight.contiguous()

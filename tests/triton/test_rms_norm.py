@@ -98,10 +98,11 @@ def test_autograd_through_triton_gives_reference_gradients(dtype, fused):
         assert_close_by_rule(got, want, base, f"grad of {name}")
 
 
-def test_backward_runs_on_the_triton_kernel_after_a_triton_forward():
-    h = torch.randn(3, 769)
-    args = (torch.randn_like(h), h, torch.rand(769), 1e-6)
-    assert backends.choose_backward("rms_norm_backward", "triton", h.device, args) == "triton"
+@pytest.mark.parametrize("hidden,expected", [(769, "triton"), (configs.RMS_NORM_BACKWARD_MAX_HIDDEN + 1, "torch")])
+def test_backward_after_a_triton_forward_runs_on_triton_where_the_row_fits(hidden, expected):
+    h = torch.randn(3, hidden)
+    args = (torch.randn_like(h), h, torch.rand(hidden), 1e-6)
+    assert backends.choose_backward("rms_norm_backward", "triton", h.device, args) == expected
 
 
 def test_rows_wider_than_the_register_tile_are_refused_with_the_reason():
