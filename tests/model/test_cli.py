@@ -1,0 +1,95 @@
+"""`neva ask` end to end on a tiny checkpoint: image file in, the greedy answer of transformers out."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+import neva_kernels
+from neva_model.cli import _parser, _steerlm, main
+from neva_model.image import preprocess_images
+from neva_model.prompts import SteerLMAttributes, build_prompt
+from neva_model.tokenizer import load_tokenizer
+
+from tests.model.tiny_llava import IMAGE_SIZE
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+WORDS = ["USER:", "ASSISTANT:", "What", "is", "in", "the", "picture?"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_checkpoint):
+    """The tiny checkpoint with a word-level tokenizer.json whose ids fit its vocabulary and image token."""
+    case, hf, directory = tiny_checkpoint
+    vocab = {"[UNK]": 0, "<s>": 1, "</s>": 2, "<image>": case.image_token_index}
+    vocab.update({word: 3 + i for i, word in enumerate(WORDS)})
+    vocab.update({f"w{i}": i for i in range(3 + len(WORDS), case.image_token_index)})
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.add_special_tokens(["<s>", "</s>", "<image>"])
+    tokenizer.save(str(directory / "tokenizer.json"))
+    return case, hf, directory
+
+
+@pytest.fixture
+def image_file(tmp_path):
+    path = tmp_path / "photo.png"
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 52, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def automatic_backend():
+    yield
+    neva_kernels.set_backend(None)  # --backend sets it for the whole process
+
+
+def test_ask_prints_the_greedy_answer_and_a_timing_line(model_dir, image_file, capsys):
+    case, hf, directory = model_dir
+    question = "What is in the picture?"
+    status = main(["ask", "--model", str(directory), "--image", str(image_file), question, "--max-new-tokens", "6",
+                   "--dtype", "float32", "--device", "cpu", "--backend", "torch", "--block-size", "4"])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+
+    tokenizer = load_tokenizer(directory)
+    ids = tokenizer.expand_image_tokens(tokenizer.encode(build_prompt(question)), case.image_tokens, 1)
+    pixel_values = preprocess_images([image_file], IMAGE_SIZE)
+    expected = hf.generate(input_ids=torch.tensor([ids]), pixel_values=pixel_values, max_new_tokens=6,
+                           do_sample=False)[0, len(ids):]
+    assert out == tokenizer.decode(expected.tolist()) + "\n"
+    assert "vision" in err and "prefill" in err and "decode 5 tokens" in err and "tokens/s" in err
+
+
+def test_ask_with_sampling_and_steerlm_options_streams_an_answer(model_dir, image_file, capsys):
+    _, _, directory = model_dir
+    status = main(["ask", "--model", str(directory), "--image", str(image_file), "--image", str(image_file),
+                   "Describe both", "--max-new-tokens", "4", "--temperature", "0.8", "--top-k", "7", "--top-p",
+                   "0.9", "--seed", "1", "--stop", "w50", "--stream", "--steerlm", "--humor", "3", "--dtype",
+                   "float32", "--device", "cpu"])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    assert out.endswith("\n") and "tokens/s" in err
+
+
+def test_steerlm_attributes_from_the_command_line():
+    ask = (lambda *extra: _parser().parse_args(["ask", "--model", "m", "--image", "i", "q", *extra]))
+    assert _steerlm(ask()) is None
+    assert _steerlm(ask("--steerlm")) == SteerLMAttributes()
+    assert _steerlm(ask("--humor", "3", "--not-appropriate", "1")) == SteerLMAttributes(humor=3, not_appropriate=1)
+
+
+def test_ask_on_a_checkpoint_with_wrong_shapes_names_the_tensor(model_dir, image_file, tmp_path, capsys):
+    _, _, directory = model_dir
+    broken = shutil.copytree(directory, tmp_path / "broken")
+    config = json.loads((broken / "config.json").read_text())
+    config["vision_config"]["intermediate_size"] += 2
+    (broken / "config.json").write_text(json.dumps(config))
+    status = main(["ask", "--model", str(broken), "--image", str(image_file), "What", "--device", "cpu"])
+    _, err = capsys.readouterr()
+    assert status == 1
+    assert "neva: error: tensor 'vision_tower.encoder.layers.0.mlp.fc1.bias' has shape [40]" in err
