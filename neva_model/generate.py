@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from neva_kernels import NevaValueError, PagedKVCache
+from neva_kernels import NevaValueError, PagedKVCache, set_value_checks
+from neva_kernels.checks import value_checks_enabled
 
 from .decoder import AttentionBatch
 from .model import Neva, packed_prefill_batch
@@ -81,12 +82,14 @@ class Engine:
 
     def __init__(self, model: Neva, *, max_batch_size: int = 8, max_seq_len: int = 2048, block_size: int = 16,
                  num_blocks: int | None = None, detokenize: Callable[[list[int]], str] | None = None,
-                 eos_token_ids: tuple[int, ...] | None = None):
+                 eos_token_ids: tuple[int, ...] | None = None, value_checks: bool = False):
+        """value_checks: keep neva_kernels' data checks on inside the engine (each costs a device sync; the
+        engine builds its slots, block tables and lengths itself, so they are off by default)."""
         text = model.config.text
         if not 1 <= max_seq_len <= text.max_position_embeddings:
             raise NevaValueError(f"Engine: max_seq_len must be in 1..{text.max_position_embeddings} "
                                  f"(the model's max_position_embeddings), got {max_seq_len}")
-        self.model, self.detokenize = model, detokenize
+        self.model, self.detokenize, self.value_checks = model, detokenize, value_checks
         self.max_seq_len, self.device = max_seq_len, model.lm_head.weight.device
         eos = text.eos_token_id if eos_token_ids is None else eos_token_ids
         self.eos_token_ids = set((eos,) if isinstance(eos, int) else eos or ())
@@ -108,10 +111,16 @@ class Engine:
 
     @contextmanager
     def _timed(self, phase: str):
+        """Time a phase, with neva_kernels' value checks set as the engine was told."""
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        checks = value_checks_enabled()
+        set_value_checks(self.value_checks)
         sync()
         start = time.perf_counter()
-        yield
+        try:
+            yield
+        finally:
+            set_value_checks(checks)
         sync()
         setattr(self.timings, phase, getattr(self.timings, phase) + time.perf_counter() - start)
 

@@ -41,7 +41,7 @@ def test_batched_generation_equals_each_request_alone_and_transformers(tiny_chec
     requests = (_requests(case, [5, 1, 13], generator, max_new_tokens=9)
                 + _requests(case, [4], generator, images_per_request=0, max_new_tokens=6)
                 + _requests(case, [2], generator, images_per_request=2, max_new_tokens=12))
-    engine = Engine(model, max_batch_size=3, max_seq_len=48, block_size=3)  # 5 requests wait for 3 slots
+    engine = Engine(model, max_batch_size=3, max_seq_len=48, block_size=3, value_checks=True)  # 5 requests, 3 slots
     together = engine.generate(requests)
     for request, completion in zip(requests, together):
         alone = Engine(model, max_batch_size=1, max_seq_len=48, block_size=5).generate([request])[0]

@@ -30,7 +30,7 @@ def test_greedy_generation_matches_transformers(checkpoint):
     requests = [Request(random_prompt(case, length, image_at=1, generator=generator),
                         torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator),
                         SamplingParams(max_new_tokens=20)) for length in (3, 11)]
-    engine = Engine(model, max_batch_size=2, max_seq_len=64, block_size=8)
+    engine = Engine(model, max_batch_size=2, max_seq_len=64, block_size=8, value_checks=True)
     completions = engine.generate(requests)
     for request, completion in zip(requests, completions):
         expected = hf.generate(input_ids=torch.tensor([request.input_ids]), pixel_values=request.images,
