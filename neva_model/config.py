@@ -155,12 +155,14 @@ def _text(text: dict) -> TextConfig:
     act = text.get("hidden_act", "silu")
     _expect(act == "silu", f"text hidden_act {act!r} is not supported (LLaMA's 'silu' is)")
     theta, factor = _rope(text)
-    heads = text.get("num_attention_heads", 32)
+    heads, hidden = text.get("num_attention_heads", 32), text.get("hidden_size", 4096)
+    head_dim = text.get("head_dim")  # transformers 5 always writes it: keep None for the usual hidden / heads
     eos = text.get("eos_token_id", 2)
     return TextConfig(
-        vocab_size=text.get("vocab_size", 32000), hidden_size=text.get("hidden_size", 4096),
+        vocab_size=text.get("vocab_size", 32000), hidden_size=hidden,
         intermediate_size=text.get("intermediate_size", 11008), num_layers=text.get("num_hidden_layers", 32),
-        num_heads=heads, num_kv_heads=text.get("num_key_value_heads") or heads, head_dim=text.get("head_dim"),
+        num_heads=heads, num_kv_heads=text.get("num_key_value_heads") or heads,
+        head_dim=None if head_dim == hidden // heads else head_dim,
         rms_norm_eps=text.get("rms_norm_eps", 1e-6), rope_theta=theta, rope_scaling_factor=factor,
         max_position_embeddings=text.get("max_position_embeddings", 2048),
         attention_bias=text.get("attention_bias", False), mlp_bias=text.get("mlp_bias", False),

@@ -68,3 +68,10 @@ def test_unknown_preset_and_missing_file(tmp_path):
         NevaConfig.from_name("llava-2")
     with pytest.raises(NevaConfigError, match="no config.json"):
         from_hf_config(tmp_path)
+
+
+def test_head_dim_is_kept_only_when_it_is_not_hidden_over_heads():
+    text = {"hidden_size": 96, "num_attention_heads": 6}
+    assert from_hf_config({"text_config": {**text, "head_dim": 16}}).text.head_dim is None
+    config = from_hf_config({"text_config": {**text, "head_dim": 24}})
+    assert (config.text.head_dim, config.text.attention_head_dim) == (24, 24)

@@ -17,6 +17,7 @@ class TinyLlava:
     heads: int = 4
     kv_heads: int = 2
     hidden: int = 32
+    head_dim: int | None = None  # None: hidden // heads
     feature_layer: int | tuple[int, ...] = -2
     strategy: str = "default"
     projector_bias: bool = True
@@ -39,6 +40,7 @@ class TinyLlava:
         # initializer_range 0.2: random logits far enough apart that greedy choices are not near-ties.
         text = LlamaConfig(hidden_size=self.hidden, intermediate_size=48, num_hidden_layers=2,
                            num_attention_heads=self.heads, num_key_value_heads=self.kv_heads, vocab_size=self.vocab,
+                           head_dim=self.head_dim or self.hidden // self.heads,
                            rope_parameters=rope, initializer_range=0.2, eos_token_id=None, bos_token_id=1,
                            tie_word_embeddings=self.tie_embeddings, max_position_embeddings=256)
         layer = list(self.feature_layer) if isinstance(self.feature_layer, tuple) else self.feature_layer
@@ -54,7 +56,7 @@ PARITY_CASES = [
     TinyLlava("mha-layers-list-linear-rope", kv_heads=4, feature_layer=(-2, 0), rope_theta=1e6, rope_linear_factor=2.0),
     TinyLlava("gqa4-layers-list-full-tied", heads=8, kv_heads=2, hidden=64, feature_layer=(1, -1), strategy="full",
               projector_bias=False, tie_embeddings=True),
-    TinyLlava("gqa3-headdim16-layer1", heads=6, kv_heads=2, hidden=96, feature_layer=1, rope_theta=100.0),
+    TinyLlava("gqa3-headdim24-layer1", heads=6, kv_heads=2, hidden=96, head_dim=24, feature_layer=1, rope_theta=100.0),
 ]
 
 
