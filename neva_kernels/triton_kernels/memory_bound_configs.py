@@ -100,13 +100,13 @@ def decode_config(head_dim: int, arch: int) -> DecodeConfig:
     return _DECODE[(arch, decode_head_dim_tile(head_dim))]
 
 
-def decode_num_splits(batch: int, kv_heads: int, max_context: int, device: torch.device) -> int:
+def decode_num_splits(batch: int, kv_heads: int, max_context: int, head_dim: int, device: torch.device) -> int:
     """How many programs share one (sequence, KV head)'s context ("flash decoding").
 
     Without a split there are batch * kv_heads programs; when that leaves SMs idle, the context is cut into
     splits of at least min_tokens_per_split keys until about `waves` programs per SM exist.
     """
-    config = decode_config(128, arch_of(device))
+    config = decode_config(head_dim, arch_of(device))
     programs = batch * kv_heads
     wanted = triton.cdiv(config.waves * sm_count(device), max(programs, 1))
     affordable = triton.cdiv(max_context, config.min_tokens_per_split)

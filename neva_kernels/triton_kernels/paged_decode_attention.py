@@ -132,7 +132,7 @@ def paged_decode(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tens
     config = configs.decode_config(head_dim, configs.arch_of(q.device))
     max_context = block_tables.shape[1] * block_size  # known on the host: no device sync to read seq_lens
     if num_splits is None:
-        num_splits = configs.decode_num_splits(batch, kv_heads, max_context, q.device)
+        num_splits = configs.decode_num_splits(batch, kv_heads, max_context, head_dim, q.device)
     num_splits = max(1, min(num_splits, configs.DECODE_MAX_SPLITS, triton.cdiv(max_context, config.tile_tokens)))
     tokens_per_split = triton.cdiv(triton.cdiv(max_context, num_splits), config.tile_tokens) * config.tile_tokens
     num_splits = triton.cdiv(max_context, tokens_per_split)

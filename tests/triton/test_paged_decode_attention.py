@@ -99,10 +99,11 @@ def test_all_sequences_empty_gives_zeros_on_both_paths(poisoned_outputs):
 def test_heuristic_splits_long_contexts_of_small_batches_only():
     cpu = torch.device("cpu")  # the interpreter's stand-in device has an H100's 132 SMs
     sms = configs.sm_count(cpu)
-    splits = configs.decode_num_splits(batch=1, kv_heads=32, max_context=65536, device=cpu)
-    assert splits > 1 and 32 * splits >= sms, f"batch 1 x 32 KV heads at 64k fills {32 * splits} of {sms} SMs"
-    assert configs.decode_num_splits(batch=64, kv_heads=32, max_context=1024, device=cpu) == 1
-    assert configs.decode_num_splits(batch=1, kv_heads=32, max_context=64, device=cpu) == 1  # too short to split
+    for head_dim in (64, 80, 128, 256):
+        splits = configs.decode_num_splits(batch=1, kv_heads=32, max_context=65536, head_dim=head_dim, device=cpu)
+        assert splits > 1 and 32 * splits >= sms, f"batch 1 x 32 KV heads at 64k fills {32 * splits} of {sms} SMs"
+        assert configs.decode_num_splits(batch=64, kv_heads=32, max_context=1024, head_dim=head_dim, device=cpu) == 1
+        assert configs.decode_num_splits(batch=1, kv_heads=32, max_context=64, head_dim=head_dim, device=cpu) == 1
 
 
 def test_calls_outside_the_kernel_are_refused_with_the_reason():
