@@ -12,6 +12,31 @@ TORCH_LIBRARY(neva_cuda, m) {
 
   // The CUDA runtime and the GPU architectures the extension was compiled for.
   m.def("build_info() -> str", &neva::build_info);
+
+  // y = x / rms(x) * weight over the last dimension (float32 accumulation), as a fresh tensor.
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.impl("rms_norm", c10::DeviceType::CUDA, &neva::rms_norm);
+
+  // (y, h): h = x + residual rounded to x's dtype (the updated residual), y = rms_norm(h), in one pass.
+  m.def("fused_add_rms_norm(Tensor x, Tensor weight, float eps, Tensor residual) -> (Tensor, Tensor)");
+  m.impl("fused_add_rms_norm", c10::DeviceType::CUDA, &neva::fused_add_rms_norm);
+
+  // out [B, Hq, D]: each sequence's one query token over its first seq_lens[b] tokens of the paged K/V cache.
+  m.def("paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, Tensor seq_lens, "
+        "float softmax_scale) -> Tensor");
+  m.impl("paged_decode_attention", c10::DeviceType::CUDA, &neva::paged_decode_attention);
+
+  // paged_decode_attention with the split-KV count forced (0: the heuristic); tests use it to force both paths.
+  m.def("paged_decode_attention_with_splits(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
+        "Tensor seq_lens, float softmax_scale, int num_splits) -> Tensor");
+  m.impl("paged_decode_attention_with_splits", c10::DeviceType::CUDA, &neva::paged_decode_attention_with_splits);
+
+  // The split heuristic of paged_decode_attention: splits per (sequence, KV head) on a GPU of sm_count SMs.
+  m.def("decode_num_splits(int batch, int kv_heads, int max_context, int sm_count) -> int", &neva::decode_num_splits);
+
+  // Writes k[i], v[i] into slot slot_mapping[i] of the caches, in place; slot -1 skips the token.
+  m.def("append_kv_cache(Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slot_mapping) -> ()");
+  m.impl("append_kv_cache", c10::DeviceType::CUDA, &neva::append_kv_cache);
 }
 
 // Importing neva_kernels._C loads this library, which runs the registration above; the module itself is empty.

@@ -39,3 +39,66 @@ def probe_arch(device: torch.device | str = "cuda") -> tuple[int, bool]:
     torch.ops.neva_cuda.probe_arch(out)
     arch, specific = out.tolist()
     return arch, bool(specific)
+
+
+# ---- the kernels of the extension, registered with the dispatcher ----------------------------------------
+# (backends.py picks them automatically only where measured_preferences.json ranks them; backend="cuda" always.)
+
+# What csrc/launch/launch.h compiles paged decode attention for.
+DECODE_HEAD_DIMS = (64, 80, 96, 128, 256)
+DECODE_MAX_GROUP = 32
+
+
+def _register_fakes() -> None:
+    """Shapes and dtypes of the extension's ops without running them (FakeTensorMode, torch.compile)."""
+    @torch.library.register_fake("neva_cuda::rms_norm")
+    def _(x, weight, eps):
+        return x.new_empty(x.shape)
+
+    @torch.library.register_fake("neva_cuda::fused_add_rms_norm")
+    def _(x, weight, eps, residual):
+        return x.new_empty(x.shape), x.new_empty(x.shape)
+
+    @torch.library.register_fake("neva_cuda::paged_decode_attention")
+    def _(q, k_cache, v_cache, block_tables, seq_lens, softmax_scale):
+        return q.new_empty(q.shape)
+
+    @torch.library.register_fake("neva_cuda::paged_decode_attention_with_splits")
+    def _(q, k_cache, v_cache, block_tables, seq_lens, softmax_scale, num_splits):
+        return q.new_empty(q.shape)
+
+    @torch.library.register_fake("neva_cuda::append_kv_cache")
+    def _(k, v, k_cache, v_cache, slot_mapping):
+        return None
+
+
+if LOAD_ERROR is None:
+    _register_fakes()
+
+
+@backends.register("rms_norm", "cuda")
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
+    if residual is None:
+        return torch.ops.neva_cuda.rms_norm(x, weight, eps)
+    return torch.ops.neva_cuda.fused_add_rms_norm(x, weight, eps, residual)
+
+
+def _decode_supports(q: torch.Tensor, k_cache: torch.Tensor, *_) -> str | None:
+    head_dim, group = q.shape[-1], q.shape[1] // k_cache.shape[2]
+    if head_dim not in DECODE_HEAD_DIMS:
+        return f"the cuda paged decode is compiled for head_dim {', '.join(map(str, DECODE_HEAD_DIMS))}, got {head_dim}"
+    if group > DECODE_MAX_GROUP:
+        return f"the cuda paged decode serves at most {DECODE_MAX_GROUP} query heads per KV head, got {group}"
+    return None
+
+
+@backends.register("paged_decode_attention", "cuda", supports=_decode_supports)
+def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                           block_tables: torch.Tensor, seq_lens: torch.Tensor, softmax_scale: float) -> torch.Tensor:
+    return torch.ops.neva_cuda.paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, softmax_scale)
+
+
+@backends.register("append_kv_cache", "cuda")
+def append_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    slot_mapping: torch.Tensor) -> None:
+    torch.ops.neva_cuda.append_kv_cache(k, v, k_cache, v_cache, slot_mapping)

@@ -3,8 +3,31 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <cstdint>
+
+#include "../kernels/params.h"
+
 namespace neva {
 
 cudaError_t launch_arch_probe(int* out, cudaStream_t stream);
+
+cudaError_t launch_rms_norm(DType dtype, const RmsNormParams& params, cudaStream_t stream);
+
+cudaError_t launch_append_kv_cache(DType dtype, const AppendKvCacheParams& params, cudaStream_t stream);
+
+// The head dimensions paged decode attention is compiled for.
+bool paged_decode_supports_head_dim(int head_dim);
+inline constexpr const char* kPagedDecodeHeadDims = "64, 80, 96, 128, 256";
+inline constexpr int kPagedDecodeMaxGroup = 32;  // query heads per KV head
+
+// The split heuristic alone: splits per (sequence, KV head) for `sm_count` SMs.
+int paged_decode_num_splits(int64_t batch, int64_t kv_heads, int64_t max_context, int sm_count);
+
+// The split count (requested_splits > 0 forces it, else the heuristic) and tokens per split, for contexts of
+// at most max_context tokens; the caller sizes the partial buffers of params from it.
+PagedDecodePlan plan_paged_decode(DType dtype, int head_dim, int64_t batch, int64_t kv_heads, int64_t max_context,
+                                  int sm_count, int requested_splits);
+
+cudaError_t launch_paged_decode_attention(DType dtype, const PagedDecodeParams& params, cudaStream_t stream);
 
 }  // namespace neva

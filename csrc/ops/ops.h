@@ -1,12 +1,43 @@
 // The torch-facing ops of the extension: tensor checks and dispatch only; registered in torch_bindings.cpp.
 #pragma once
+#include <initializer_list>
 #include <string>
+#include <tuple>
+#include <utility>
 
 #include <ATen/core/Tensor.h>
+
+#include "../kernels/params.h"
 
 namespace neva {
 
 void probe_arch(at::Tensor& out);
 std::string build_info();
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+std::tuple<at::Tensor, at::Tensor> fused_add_rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps,
+                                                      const at::Tensor& residual);
+
+at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                  const at::Tensor& block_tables, const at::Tensor& seq_lens, double softmax_scale);
+at::Tensor paged_decode_attention_with_splits(const at::Tensor& q, const at::Tensor& k_cache,
+                                              const at::Tensor& v_cache, const at::Tensor& block_tables,
+                                              const at::Tensor& seq_lens, double softmax_scale, int64_t num_splits);
+int64_t decode_num_splits(int64_t batch, int64_t kv_heads, int64_t max_context, int64_t sm_count);
+
+void append_kv_cache(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache, at::Tensor& v_cache,
+                     const at::Tensor& slot_mapping);
+
+// ---- checks shared by the ops (common.cpp) ----
+
+using NamedTensors = std::initializer_list<std::pair<const char*, const at::Tensor*>>;
+
+// The kernels' storage type of a float16/bfloat16/float32 tensor; any other dtype is an error naming `name`.
+DType storage_type(const char* op, const char* name, const at::Tensor& t);
+// Every tensor is a CUDA tensor on the device of the first one.
+void check_same_cuda_device(const char* op, NamedTensors tensors);
+// Every tensor has the dtype of the first one.
+void check_same_dtype(const char* op, NamedTensors tensors);
+bool is_aligned_16(const at::Tensor& t);
 
 }  // namespace neva

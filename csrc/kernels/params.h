@@ -1,0 +1,58 @@
+// The arguments of the memory-bound kernels: plain structs of raw pointers, sizes and strides (in elements),
+// shared by the torch-free kernel headers (kernels/*.cuh), their launchers (launch/*.cu) and the torch glue.
+#pragma once
+#include <cstdint>
+
+namespace neva {
+
+// The storage types of the kernels; the ops layer maps torch dtypes onto it.
+enum class DType { kFloat16, kBFloat16, kFloat32 };
+
+// y = h / sqrt(mean(h^2) + eps) * weight per row, h = x or x + residual rounded to the storage type.
+// Precondition (the ops layer ensures it, copying when needed): the rows of x, residual, y and h start at the
+// same address modulo 16, and weight starts 16-byte aligned, so one vector split of a row fits all of them.
+struct RmsNormParams {
+  const void* x;
+  const void* residual;  // nullptr: plain rms_norm
+  const void* weight;
+  void* y;               // [rows, hidden], contiguous
+  void* h;               // [rows, hidden], contiguous; written only with a residual
+  int64_t rows, hidden, x_row_stride, residual_row_stride;
+  float eps;
+};
+
+// One query token per sequence over paged K/V caches [num_blocks, block_size, kv_heads, head_dim].
+struct PagedDecodeParams {
+  const void* q;  // [batch, q_heads, head_dim], unit stride along head_dim
+  const void* k_cache;
+  const void* v_cache;
+  const int32_t* block_tables;  // [batch, >= ceil(seq_len / block_size)], unit stride along a row
+  const int32_t* seq_lens;      // [batch]
+  void* out;                    // [batch, q_heads, head_dim], contiguous, q's dtype
+  float* partial_out;           // [batch, q_heads, num_splits, head_dim] when num_splits > 1
+  float* partial_lse;           // [batch, q_heads, num_splits], base-2 log-sum-exp, when num_splits > 1
+  int64_t q_batch_stride, q_head_stride, block_table_stride;
+  int batch, q_heads, kv_heads, head_dim, block_size;
+  int num_splits, tokens_per_split;  // from plan_paged_decode
+  float softmax_scale;
+};
+
+// How the context of one (sequence, KV head) is cut into splits; tokens_per_split is a multiple of the tile.
+struct PagedDecodePlan {
+  int num_splits;
+  int tokens_per_split;
+};
+
+// Copies k[i], v[i] ([kv_heads, head_dim], unit stride along head_dim) to row slot_mapping[i] of the caches.
+struct AppendKvCacheParams {
+  const void* k;
+  const void* v;
+  void* k_cache;  // contiguous [num_blocks * block_size, kv_heads, head_dim]
+  void* v_cache;
+  const void* slot_mapping;  // int32 or int64 [num_tokens]; -1 skips the token
+  bool slot_is_int64;
+  int64_t num_tokens, kv_heads, head_dim;
+  int64_t k_token_stride, k_head_stride, v_token_stride, v_head_stride;
+};
+
+}  // namespace neva

@@ -1,0 +1,89 @@
+"""The machine code of the built extension, read without a GPU: no kernel spills, and the decode kernel uses the
+intended copy instructions per architecture (cp.async = LDGSTS on sm_80, cp.async.bulk = UBLKCP completing on an
+mbarrier on sm_90a)."""
+import functools
+import os
+import re
+import subprocess
+
+import pytest
+
+import neva_kernels as nk
+from tests.test_extension import CUOBJDUMP, needs_extension
+
+pytestmark = needs_extension
+
+HEAD_DIMS = (64, 80, 96, 128, 256)
+DTYPES = ("6__half", "13__nv_bfloat16", "f")  # as the mangled template arguments spell them
+ARCHS = {"sm_" + a.replace(".", "") for a in re.split(r"[;\s]+", os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0a"))
+         if a}
+
+
+def cuobjdump(*flags: str) -> str:
+    return subprocess.run([CUOBJDUMP, *flags, nk._C.__file__], capture_output=True, text=True, check=True).stdout
+
+
+def per_arch_function(text: str, header: str) -> dict[tuple[str, str], str]:
+    """{(arch, mangled function name): its section of cuobjdump's output}; `header` starts a function's section."""
+    sections, arch = {}, None
+    for block in re.split(r"(?m)^(?=\s*(?:arch = |" + re.escape(header) + "))", text):
+        if m := re.match(r"\s*arch = (sm_\w+)", block):
+            arch = m.group(1)
+        elif m := re.match(r"\s*" + re.escape(header) + r"\s*(\S+?):?\s*\n", block):
+            sections[(arch, m.group(1))] = block
+    return sections
+
+
+@functools.cache
+def resource_usage() -> dict[tuple[str, str], str]:
+    return per_arch_function(cuobjdump("--dump-resource-usage"), "Function")
+
+
+@functools.cache
+def sass() -> dict[tuple[str, str], str]:
+    return per_arch_function(cuobjdump("--dump-sass"), "Function :")
+
+
+def ours(name: str) -> bool:
+    return name.startswith("_ZN4neva")
+
+
+def test_every_kernel_is_compiled_for_every_architecture():
+    for arch in ARCHS:
+        names = {name for (a, name) in resource_usage() if a == arch and ours(name)}
+        for dtype in DTYPES:
+            for head_dim in HEAD_DIMS:
+                assert f"_ZN4neva6decode19paged_decode_kernelI{dtype}Li{head_dim}EEEvNS_17PagedDecodeParamsE" in names
+            assert any(f"rms_norm_kernelI{dtype}" in n for n in names), (arch, dtype)
+        assert any("append_kv_cache_kernel" in n for n in names), arch
+
+
+def test_no_kernel_spills_or_uses_a_stack():
+    usage = {key: text for key, text in resource_usage().items() if ours(key[1])}
+    assert len(usage) > 50, "expected every kernel instantiation of the extension"
+    for (arch, name), text in usage.items():
+        stack, local = (int(re.search(rf"{field}:(\d+)", text).group(1)) for field in ("STACK", "LOCAL"))
+        assert stack == 0 and local == 0, f"{name} on {arch}: stack {stack}, local {local} bytes (spills)"
+
+
+def decode_kernels(arch: str) -> dict[str, str]:
+    return {name: text for (a, name), text in sass().items() if a == arch and "paged_decode_kernel" in name}
+
+
+@pytest.mark.skipif("sm_80" not in ARCHS, reason="not built for sm_80")
+def test_sm80_decode_double_buffers_with_cp_async():
+    kernels = decode_kernels("sm_80")
+    assert len(kernels) == len(HEAD_DIMS) * len(DTYPES)
+    for name, code in kernels.items():
+        assert "LDGSTS" in code and "LDGDEPBAR" in code, f"{name}: no cp.async in its sm_80 code"
+        assert "UBLKCP" not in code
+
+
+@pytest.mark.skipif("sm_90a" not in ARCHS, reason="not built for sm_90a")
+def test_sm90a_decode_uses_bulk_copies_on_an_mbarrier():
+    kernels = decode_kernels("sm_90a")
+    assert len(kernels) == len(HEAD_DIMS) * len(DTYPES)
+    for name, code in kernels.items():
+        assert "UBLKCP" in code, f"{name}: no cp.async.bulk in its sm_90a code"
+        assert "SYNCS" in code, f"{name}: no mbarrier operation in its sm_90a code"
+        assert "LDGSTS" not in code
