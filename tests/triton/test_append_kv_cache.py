@@ -68,3 +68,10 @@ def test_gpu_prefill_sized_append(dtype, hkv, d):
     (k_got, v_got), (k_want, v_want) = append_both_ways(k, v, num_blocks, block_size, slots)
     assert_same_cache(k_got, k_want)
     assert_same_cache(v_got, v_want)
+
+
+def test_custom_op_contract_holds_on_triton():
+    k, v = torch.randn(3, 2, 64, device=DEVICE), torch.randn(3, 2, 64, device=DEVICE)
+    caches = [torch.zeros(2, 16, 2, 64, device=DEVICE) for _ in range(2)]
+    torch.library.opcheck(torch.ops.neva.append_kv_cache,
+                          (k, v, *caches, torch.tensor([4, -1, 17], device=DEVICE), "triton"))

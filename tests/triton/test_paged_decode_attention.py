@@ -136,3 +136,8 @@ def test_gpu_one_sequence_at_64k_takes_the_split_path(poisoned_outputs):
     q, k_cache, v_cache, tables, seq_lens = make_problem([65536], 32, 32, 128, 16, torch.bfloat16)
     out = nk.paged_decode_attention(q, k_cache, v_cache, tables, seq_lens, backend="triton")
     check(out, q, k_cache, v_cache, tables, seq_lens, 128 ** -0.5)
+
+
+def test_custom_op_contract_holds_on_triton():
+    args = make_problem([20, 0, 5], 4, 2, 64, 16, torch.float16)
+    torch.library.opcheck(torch.ops.neva.paged_decode_attention, (*args, 0.125, "triton"))

@@ -128,3 +128,12 @@ def test_gpu_forward_matches_reference(dtype, hidden, fused, poisoned_outputs):
 def test_gpu_backward_matches_reference(dtype, rows, hidden, poisoned_outputs):
     h, weight, grad_y = make_inputs((rows, hidden), dtype)
     check_backward(grad_y, h, weight)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_custom_op_contract_holds_on_triton(fused):
+    x, weight, residual = (t.requires_grad_(True) for t in make_inputs((3, 769), torch.float32))
+    if fused:
+        torch.library.opcheck(torch.ops.neva.fused_add_rms_norm, (x, weight, 1e-6, residual, "triton"))
+    else:
+        torch.library.opcheck(torch.ops.neva.rms_norm, (x, weight, 1e-6, "triton"))

@@ -62,3 +62,11 @@ def test_gpu_prefill_sized(dtype, interleaved, hq, hkv, head_dim, rot_dim, poiso
     k = torch.randn(4, 1024, hkv, head_dim, dtype=dtype, device=DEVICE)
     positions = torch.randint(0, 4096, (4, 1024), device=DEVICE)
     check(q, k, positions, reference.rotary_cos_sin_cache(rot_dim, 4096, device=DEVICE), interleaved)
+
+
+def test_custom_op_contract_holds_on_triton():
+    q = torch.randn(2, 3, 4, 64, device=DEVICE, requires_grad=True)
+    k = torch.randn(2, 3, 1, 64, device=DEVICE, requires_grad=True)
+    positions = torch.randint(0, 8, (2, 3), device=DEVICE)
+    torch.library.opcheck(torch.ops.neva.rotary_embedding,
+                          (q, k, positions, reference.rotary_cos_sin_cache(32, 8, device=DEVICE), False, "triton"))
