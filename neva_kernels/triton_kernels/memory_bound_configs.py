@@ -24,7 +24,7 @@ RMS_NORM_MAX_HIDDEN = 16384
 RMS_NORM_BACKWARD_MAX_HIDDEN = 8192
 # Head dims the decode kernel is compiled for (padded up to a power of two inside the kernel).
 DECODE_MAX_HEAD_DIM = 256
-# The split-KV merge kernel holds every split's partial result of one head at once.
+# The split-KV merge kernel holds the log-sum-exp of every split of one head in one vector of this length.
 DECODE_MAX_SPLITS = 64
 
 
