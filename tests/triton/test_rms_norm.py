@@ -49,7 +49,7 @@ def test_forward_matches_reference(dtype, shape, fused, poisoned_outputs):
 @pytest.mark.parametrize("fused", [False, True])
 def test_forward_reads_strided_rows(fused, poisoned_outputs):
     x, weight, residual = make_inputs((5, 769), torch.float16)
-    wide = torch.randn(5, 1000, dtype=torch.float16)
+    wide = torch.randn(5, 1000, dtype=torch.float16, device=DEVICE)
     wide[:, :769] = x
     # x: row stride 1000; residual and weight: last-dim stride 2.
     check_forward(wide[:, :769], strided(weight), strided(residual) if fused else None)
@@ -100,8 +100,8 @@ def test_autograd_through_triton_gives_reference_gradients(dtype, fused):
 
 @pytest.mark.parametrize("hidden,expected", [(769, "triton"), (configs.RMS_NORM_BACKWARD_MAX_HIDDEN + 1, "torch")])
 def test_backward_after_a_triton_forward_runs_on_triton_where_the_row_fits(hidden, expected):
-    h = torch.randn(3, hidden)
-    args = (torch.randn_like(h), h, torch.rand(hidden), 1e-6)
+    h = torch.randn(3, hidden, device=DEVICE)
+    args = (torch.randn_like(h), h, torch.rand(hidden, device=DEVICE), 1e-6)
     assert backends.choose_backward("rms_norm_backward", "triton", h.device, args) == expected
 
 
