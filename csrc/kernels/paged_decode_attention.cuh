@@ -9,8 +9,8 @@
 //
 // Threads work in lane groups of 8: a group owns one query head and every groups_per_head-th token of a tile;
 // its 8 lanes split the head dimension in 16-byte chunks (8 lanes x 16 bytes = one 128-byte row segment per
-// quarter warp: conflict-free shared loads). Each group keeps its own online softmax (max, sum, accumulator);
-// the groups of a head merge through shared memory at the end. With num_splits > 1 each block writes its
+// quarter warp: conflict-free shared loads). Each group keeps its own online softmax (max, sum, accumulator),
+// updated once per kBatch tokens; the groups of a head merge through shared memory at the end. With num_splits > 1 each block writes its
 // normalized partial output and base-2 log-sum-exp, and merge_splits_kernel combines them.
 #pragma once
 #include <algorithm>
@@ -26,6 +26,7 @@ constexpr int kLanes = 8;          // lanes per group: one query head, one token
 constexpr int kMaxThreads = 256;   // up to 32 query heads per KV head
 constexpr int kTileBytes = 8192;   // of K (and again of V) per pipeline stage
 constexpr int kMergeThreads = 64;
+constexpr int kBatch = 4;          // tokens a lane group scores before it updates its running softmax
 
 __host__ __device__ constexpr int tile_tokens(int element_bytes, int head_dim) {
   int tokens = 64;
@@ -215,33 +216,59 @@ __global__ void __launch_bounds__(kMaxThreads) paged_decode_kernel(const PagedDe
     const T* v_tile = v_tiles + stage * kTile * kHeadDim;
     const int count = min(kTile, end - (start + tile * kTile));
     if (active) {
-      for (int t = slot; t < count; t += groups_per_head) {
-        float score = 0.f;
+      // kBatch tokens at a time: their dot products and shuffles are independent (instruction-level
+      // parallelism), and the running max and accumulator are rescaled once per batch.
+      for (int first = slot; first < count; first += kBatch * groups_per_head) {
+        float scores[kBatch];
 #pragma unroll
-        for (int j = 0; j < kChunksPerLane; ++j) {
-          const int chunk = lane + j * kLanes;
-          if (chunk < kChunks) {
-            V k;
-            k.load(k_tile + t * kHeadDim + chunk * kVec);
+        for (int b = 0; b < kBatch; ++b) {
+          const int t = first + b * groups_per_head;
+          scores[b] = 0.f;
 #pragma unroll
-            for (int i = 0; i < kVec; ++i) score += q[j][i] * k.get(i);
+          for (int j = 0; j < kChunksPerLane; ++j) {
+            const int chunk = lane + j * kLanes;
+            if (t < count && chunk < kChunks) {
+              V k;
+              k.load(k_tile + t * kHeadDim + chunk * kVec);
+#pragma unroll
+              for (int i = 0; i < kVec; ++i) scores[b] += q[j][i] * k.get(i);
+            }
           }
         }
 #pragma unroll
-        for (int offset = kLanes / 2; offset > 0; offset /= 2) score += __shfl_xor_sync(group_mask, score, offset);
-        const float new_max = fmaxf(running_max, score);
-        const float correction = exp2f(running_max - new_max);  // 0 on the first token (max was -inf)
-        const float weight = exp2f(score - new_max);
-        running_sum = running_sum * correction + weight;
+        for (int offset = kLanes / 2; offset > 0; offset /= 2) {
+#pragma unroll
+          for (int b = 0; b < kBatch; ++b) scores[b] += __shfl_xor_sync(group_mask, scores[b], offset);
+        }
+        float new_max = running_max;
+#pragma unroll
+        for (int b = 0; b < kBatch; ++b) {
+          if (first + b * groups_per_head < count) new_max = fmaxf(new_max, scores[b]);
+        }
+        // The batch's first token exists, so new_max is finite; the correction is 0 while running_max is -inf.
+        const float correction = exp2f(running_max - new_max);
         running_max = new_max;
+        running_sum *= correction;
 #pragma unroll
         for (int j = 0; j < kChunksPerLane; ++j) {
-          const int chunk = lane + j * kLanes;
-          if (chunk < kChunks) {
-            V v;
-            v.load(v_tile + t * kHeadDim + chunk * kVec);
 #pragma unroll
-            for (int i = 0; i < kVec; ++i) acc[j][i] = acc[j][i] * correction + weight * v.get(i);
+          for (int i = 0; i < kVec; ++i) acc[j][i] *= correction;
+        }
+#pragma unroll
+        for (int b = 0; b < kBatch; ++b) {
+          const int t = first + b * groups_per_head;
+          if (t >= count) break;
+          const float weight = exp2f(scores[b] - new_max);
+          running_sum += weight;
+#pragma unroll
+          for (int j = 0; j < kChunksPerLane; ++j) {
+            const int chunk = lane + j * kLanes;
+            if (chunk < kChunks) {
+              V v;
+              v.load(v_tile + t * kHeadDim + chunk * kVec);
+#pragma unroll
+              for (int i = 0; i < kVec; ++i) acc[j][i] += weight * v.get(i);
+            }
           }
         }
       }
