@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from neva_kernels import NevaValueError, PagedKVCache, set_value_checks
+from neva_kernels import NevaValueError, OutOfBlocksError, PagedKVCache, set_value_checks
 from neva_kernels.checks import value_checks_enabled
 
 from .decoder import AttentionBatch
@@ -139,6 +139,9 @@ class Engine:
                 admitted = self._admit(waiting)
                 if admitted:
                     self._prefill(admitted, on_token, done)
+                elif not any(self.slots):  # only if blocks leaked: waiting would never end
+                    raise OutOfBlocksError(f"Engine: {self.allocator.num_free_blocks} free blocks cannot hold "
+                                           f"a request of {waiting[0].final_length} tokens")
                 if any(self.slots):
                     self._decode_step(on_token, done)
         finally:  # after an error (e.g. in on_token) the engine is left empty and usable

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from neva_kernels import NevaValueError
+from neva_kernels import NevaValueError, OutOfBlocksError
 from neva_model import Engine, Request, SamplingParams, load_neva
 
 from tests.model.tiny_llava import IMAGE_SIZE, random_prompt
@@ -120,3 +120,12 @@ def test_bad_requests_are_refused_before_any_work(tiny_checkpoint, model):
         Engine(model, max_seq_len=200).generate([request])
     with pytest.raises(NevaValueError, match="max_position_embeddings"):
         Engine(model, max_seq_len=10**6)
+
+
+def test_a_request_that_can_never_be_admitted_raises_instead_of_waiting_forever(tiny_checkpoint, model):
+    case, _, _ = tiny_checkpoint
+    request = _requests(case, [4], torch.Generator().manual_seed(9), max_new_tokens=4)[0]
+    engine = Engine(model, max_batch_size=1, max_seq_len=16, block_size=4)
+    engine.allocator.allocate("held elsewhere", 4 * (engine.allocator.num_blocks - 1))
+    with pytest.raises(OutOfBlocksError, match="1 free blocks cannot hold a request of 12 tokens"):
+        engine.generate([request])
