@@ -9,11 +9,11 @@ import subprocess
 import pytest
 
 import neva_kernels as nk
+from neva_kernels.cuda_backend import DECODE_HEAD_DIMS
 from tests.test_extension import CUOBJDUMP, needs_extension
 
 pytestmark = needs_extension
 
-HEAD_DIMS = (64, 80, 96, 128, 256)
 DTYPES = ("6__half", "13__nv_bfloat16", "f")  # as the mangled template arguments spell them
 ARCHS = {"sm_" + a.replace(".", "") for a in re.split(r"[;\s]+", os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0a"))
          if a}
@@ -52,8 +52,9 @@ def test_every_kernel_is_compiled_for_every_architecture():
     for arch in ARCHS:
         names = {name for (a, name) in resource_usage() if a == arch and ours(name)}
         for dtype in DTYPES:
-            for head_dim in HEAD_DIMS:
-                assert f"_ZN4neva6decode19paged_decode_kernelI{dtype}Li{head_dim}EEEvNS_17PagedDecodeParamsE" in names
+            # Exactly the head dims the Python side advertises (cuda_backend.DECODE_HEAD_DIMS) are compiled.
+            decode = re.compile(rf"_ZN4neva6decode19paged_decode_kernelI{dtype}Li(\d+)EEEvNS_17PagedDecodeParamsE")
+            assert {int(m.group(1)) for n in names if (m := decode.fullmatch(n))} == set(DECODE_HEAD_DIMS)
             assert any(f"rms_norm_kernelI{dtype}" in n for n in names), (arch, dtype)
         assert any("append_kv_cache_kernel" in n for n in names), arch
 
@@ -73,7 +74,7 @@ def decode_kernels(arch: str) -> dict[str, str]:
 @pytest.mark.skipif("sm_80" not in ARCHS, reason="not built for sm_80")
 def test_sm80_decode_double_buffers_with_cp_async():
     kernels = decode_kernels("sm_80")
-    assert len(kernels) == len(HEAD_DIMS) * len(DTYPES)
+    assert len(kernels) == len(DECODE_HEAD_DIMS) * len(DTYPES)
     for name, code in kernels.items():
         assert "LDGSTS" in code and "LDGDEPBAR" in code, f"{name}: no cp.async in its sm_80 code"
         assert "UBLKCP" not in code
@@ -82,7 +83,7 @@ def test_sm80_decode_double_buffers_with_cp_async():
 @pytest.mark.skipif("sm_90a" not in ARCHS, reason="not built for sm_90a")
 def test_sm90a_decode_uses_bulk_copies_on_an_mbarrier():
     kernels = decode_kernels("sm_90a")
-    assert len(kernels) == len(HEAD_DIMS) * len(DTYPES)
+    assert len(kernels) == len(DECODE_HEAD_DIMS) * len(DTYPES)
     for name, code in kernels.items():
         assert "UBLKCP" in code, f"{name}: no cp.async.bulk in its sm_90a code"
         assert "SYNCS" in code, f"{name}: no mbarrier operation in its sm_90a code"
