@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on CUDA, float32 on CPU")
     run.add_argument("--device", help="default: cuda when available, else cpu")
     run.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block")
+    run.add_argument("--cuda-graph", action="store_true", help="replay decode steps from a CUDA graph")
 
     sampling = ask.add_argument_group("sampling")
     sampling.add_argument("--max-new-tokens", type=int, default=256)
@@ -89,15 +90,16 @@ def ask(args) -> str:
     ids = [config.image_token_index if t == tokenizer.image_token_id else t for t in ids]
     sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                               top_p=args.top_p, seed=args.seed, stop=tuple(args.stop), ignore_eos=args.ignore_eos)
-    engine = Engine(model, max_batch_size=1, block_size=args.block_size,
+    # Ids past the tokenizer's vocabulary (llava-hf pads the embedding to 32064 rows) decode to nothing.
+    detokenize = (lambda tokens: tokenizer.decode([t for t in tokens if t < tokenizer.vocab_size]))
+    engine = Engine(model, max_batch_size=1, block_size=args.block_size, cuda_graph=args.cuda_graph,
                     max_seq_len=min(len(ids) + args.max_new_tokens, config.text.max_position_embeddings),
-                    detokenize=tokenizer.decode)
+                    detokenize=detokenize)
     printed = []
 
     def stream(_, token: int) -> None:
         printed.append(token)
-        text = tokenizer.decode(printed)
-        previous = tokenizer.decode(printed[:-1])
+        text, previous = detokenize(printed), detokenize(printed[:-1])
         print(text[len(previous):], end="", flush=True)
 
     completion = engine.generate([Request(ids, images, sampling)], stream if args.stream else None)[0]

@@ -80,17 +80,25 @@ class _Sequence:
 class Engine:
     """Generates answers for batches of NeVA requests with `model` (a Neva in eval mode, on its device)."""
 
-    def __init__(self, model: Neva, *, max_batch_size: int = 8, max_seq_len: int = 2048, block_size: int = 16,
-                 num_blocks: int | None = None, detokenize: Callable[[list[int]], str] | None = None,
-                 eos_token_ids: tuple[int, ...] | None = None, value_checks: bool = False):
-        """value_checks: keep neva_kernels' data checks on inside the engine (each costs a device sync; the
-        engine builds its slots, block tables and lengths itself, so they are off by default)."""
+    def __init__(self, model: Neva, *, max_batch_size: int = 8, max_seq_len: int | None = None,
+                 block_size: int = 16, num_blocks: int | None = None,
+                 detokenize: Callable[[list[int]], str] | None = None, eos_token_ids: tuple[int, ...] | None = None,
+                 value_checks: bool = False, cuda_graph: bool = False):
+        """max_seq_len: the longest prompt + answer (default: min(2048, the model's max positions)).
+        num_blocks: KV-cache blocks (default: enough for every slot at max_seq_len).
+        value_checks: keep neva_kernels' data checks on inside the engine (each costs a device sync; the
+        engine builds its slots, block tables and lengths itself, so they are off by default).
+        cuda_graph: replay the decode step from a CUDA graph captured at its first run (CUDA only)."""
         text = model.config.text
+        max_seq_len = min(2048, text.max_position_embeddings) if max_seq_len is None else max_seq_len
         if not 1 <= max_seq_len <= text.max_position_embeddings:
             raise NevaValueError(f"Engine: max_seq_len must be in 1..{text.max_position_embeddings} "
                                  f"(the model's max_position_embeddings), got {max_seq_len}")
         self.model, self.detokenize, self.value_checks = model, detokenize, value_checks
         self.max_seq_len, self.device = max_seq_len, model.lm_head.weight.device
+        if cuda_graph and self.device.type != "cuda":
+            raise NevaValueError(f"Engine: cuda_graph needs the model on a CUDA device, it is on {self.device}")
+        self.cuda_graph, self._graph, self._graph_logits = cuda_graph, None, None
         eos = text.eos_token_id if eos_token_ids is None else eos_token_ids
         self.eos_token_ids = set((eos,) if isinstance(eos, int) else eos or ())
         width = -(-max_seq_len // block_size)
@@ -213,6 +221,20 @@ class Engine:
         hidden = self.model.language_model(self.model.embed(self.step_tokens), batch, self.cache)
         return self.model.lm_head(hidden)
 
+    def _replay_decode_forward(self) -> Tensor:
+        """decode_forward from a CUDA graph, captured on first use; the step tensors are its fixed inputs."""
+        if self._graph is None:
+            side, main = torch.cuda.Stream(self.device), torch.cuda.current_stream(self.device)
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                self.decode_forward()  # warm-up: kernels compiled, tuned and caches built outside the capture
+            main.wait_stream(side)
+            self._graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._graph):
+                self._graph_logits = self.decode_forward()
+        self._graph.replay()
+        return self._graph_logits
+
     def _decode_step(self, on_token, done) -> None:
         with self._timed("decode_s"):
             tokens, positions, slots = [0] * len(self.slots), [0] * len(self.slots), [-1] * len(self.slots)
@@ -228,7 +250,7 @@ class Engine:
             self.step_slots.copy_(torch.tensor(slots))
             self.step_block_tables.copy_(tables)
             self.step_seq_lens.copy_(torch.tensor([s.length if s else 0 for s in self.slots], dtype=torch.int32))
-            logits = self.decode_forward()
+            logits = self._replay_decode_forward() if self.cuda_graph else self.decode_forward()
             rows = [i for i, _ in active]
             sequences = [s for _, s in active]
             new = sample(logits[rows], [s.request.sampling for s in sequences], [s.generator for s in sequences])

@@ -120,6 +120,9 @@ def test_bad_requests_are_refused_before_any_work(tiny_checkpoint, model):
         Engine(model, max_seq_len=200).generate([request])
     with pytest.raises(NevaValueError, match="max_position_embeddings"):
         Engine(model, max_seq_len=10**6)
+    with pytest.raises(NevaValueError, match="cuda_graph needs the model on a CUDA device"):
+        Engine(model, cuda_graph=True)
+    assert Engine(model).max_seq_len == model.config.text.max_position_embeddings  # 256 < the default 2048
 
 
 def test_a_request_that_can_never_be_admitted_raises_instead_of_waiting_forever(tiny_checkpoint, model):

@@ -51,3 +51,16 @@ def test_the_decode_step_replays_in_a_cuda_graph(tmp_path):
         graph.replay()
         torch.cuda.synchronize()
     torch.testing.assert_close(captured, eager)
+
+
+def test_the_engine_gives_the_same_tokens_with_and_without_a_cuda_graph(tmp_path):
+    case = PARITY_CASES[1]
+    build_hf_model(case).save_pretrained(tmp_path)
+    model = load_neva(tmp_path, dtype=torch.bfloat16, device="cuda")
+    generator = torch.Generator().manual_seed(2)
+    requests = [Request(random_prompt(case, n, image_at=2, generator=generator),
+                        torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator),
+                        SamplingParams(max_new_tokens=12, temperature=0.9, top_p=0.9, seed=n)) for n in (2, 7, 5)]
+    runs = [Engine(model, max_batch_size=2, max_seq_len=64, block_size=4, cuda_graph=graph).generate(requests)
+            for graph in (False, True)]
+    assert [c.token_ids for c in runs[0]] == [c.token_ids for c in runs[1]]
