@@ -12,36 +12,50 @@ import functools
 import torch
 import triton
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) per padded head dim. Query tiles of 128 rows feed wgmma; the key
-# tile shrinks as the head dim grows so the fp32 accumulator and the K/V pipeline stages fit without spills.
+# Every entry below compiles for its architecture without register spills (tests/triton/test_compute_bound_aot.py).
+
+# Forward, (BLOCK_M, BLOCK_N, num_warps, num_stages) per padded head dim. Query tiles of 128 rows feed wgmma;
+# the key tile shrinks as the head dim grows so the fp32 accumulator and the K/V stages fit in registers/smem.
 _ATTENTION_FORWARD = {
     "sm90": {64: [(128, 128, 8, 3), (128, 64, 4, 3)],
              128: [(128, 128, 8, 3), (128, 64, 8, 3)],
-             256: [(128, 64, 8, 2), (64, 64, 4, 2)]},
-    "sm80": {64: [(128, 64, 4, 3), (128, 128, 8, 3)],
-             128: [(128, 64, 8, 3), (128, 32, 4, 3)],
-             256: [(64, 64, 4, 2), (128, 32, 8, 2)]},
+             256: [(128, 32, 8, 2), (64, 32, 4, 2)]},
+    "sm80": {64: [(128, 128, 8, 3), (64, 64, 4, 3)],
+             128: [(128, 64, 8, 3), (128, 32, 8, 3)],
+             256: [(64, 32, 8, 2), (32, 64, 4, 2)]},
     # The interpreter: unequal tiles so the tests cover the causal diagonal crossing tile borders.
     "interpreter": {64: [(64, 32, 4, 1)], 128: [(64, 32, 4, 1)], 256: [(32, 32, 4, 1)]},
 }
 
-# Backward, (BLOCK_M, BLOCK_N, num_warps, num_stages) of the dK/dV kernel (a program owns a key tile and walks
-# query tiles) and of the dQ kernel (a program owns a query tile and walks key tiles). Two fp32 accumulators of
-# [BLOCK_N, D] (dK and dV) live in registers, hence the smaller tiles than the forward's.
-_ATTENTION_BACKWARD = {
-    "sm90": {64: [(64, 128, 8, 2), (64, 64, 4, 2)],
-             128: [(64, 128, 8, 2), (32, 64, 4, 2)],
-             256: [(32, 64, 4, 1), (16, 64, 4, 1)]},
-    "sm80": {64: [(64, 64, 4, 2), (32, 128, 8, 2)],
-             128: [(64, 64, 8, 2), (32, 64, 4, 2)],
-             256: [(32, 64, 4, 1), (16, 64, 4, 1)]},
+# Backward dK/dV kernel: a program owns a key tile (BLOCK_N) and walks query tiles (BLOCK_M). Two fp32
+# accumulators [BLOCK_N, D] and the K/V tiles stay live, hence small tiles and 8 warps; at head dim 256 on sm90
+# no wgmma-shaped tile fits without spills, so it runs on mma.sync there.
+_ATTENTION_DKDV = {
+    "sm90": {64: [(32, 64, 8, 3)],
+             128: [(32, 64, 8, 2), (16, 128, 8, 2)],
+             256: [(64, 32, 8, 1)]},
+    "sm80": {64: [(64, 32, 4, 3), (32, 64, 8, 3)],
+             128: [(32, 64, 8, 2)],
+             256: [(16, 64, 8, 1), (64, 32, 8, 1)]},
     "interpreter": {64: [(32, 64, 4, 1)], 128: [(32, 64, 4, 1)], 256: [(32, 32, 4, 1)]},
 }
 
-# Projector GEMMs, (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages).
+# Backward dQ kernel: a program owns a query tile (BLOCK_M) and walks key tiles (BLOCK_N).
+_ATTENTION_DQ = {
+    "sm90": {64: [(128, 32, 4, 3)],
+             128: [(128, 32, 8, 2), (64, 64, 4, 2)],
+             256: [(32, 32, 4, 1)]},
+    "sm80": {64: [(64, 64, 4, 3)],
+             128: [(128, 32, 8, 2), (64, 64, 4, 2)],
+             256: [(64, 32, 8, 1), (32, 32, 4, 1)]},
+    "interpreter": {64: [(64, 32, 4, 1)], 128: [(64, 32, 4, 1)], 256: [(32, 32, 4, 1)]},
+}
+
+# Projector GEMMs, (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages). 128 x 256 tiles spill once the
+# GELU epilogue joins the accumulator, so 128 x 128 is the largest.
 _GEMM = {
-    "sm90": [(128, 256, 64, 8, 8, 3), (128, 128, 64, 8, 8, 4), (128, 128, 64, 8, 4, 4)],
-    "sm80": [(128, 256, 32, 8, 8, 3), (128, 128, 32, 8, 4, 4), (64, 128, 32, 8, 4, 4)],
+    "sm90": [(128, 128, 64, 8, 8, 4), (128, 128, 64, 8, 8, 3)],
+    "sm80": [(128, 128, 32, 8, 8, 3), (64, 128, 32, 8, 4, 4)],
     "interpreter": [(32, 64, 32, 4, 4, 1)],
 }
 
@@ -76,8 +90,12 @@ def attention_forward_configs(block_d: int, gen: str | None = None) -> list[trit
     return _configs(_ATTENTION_FORWARD[gen or generation()], block_d, ("BLOCK_M", "BLOCK_N"))
 
 
-def attention_backward_configs(block_d: int, gen: str | None = None) -> list[triton.Config]:
-    return _configs(_ATTENTION_BACKWARD[gen or generation()], block_d, ("BLOCK_M", "BLOCK_N"))
+def attention_dkdv_configs(block_d: int, gen: str | None = None) -> list[triton.Config]:
+    return _configs(_ATTENTION_DKDV[gen or generation()], block_d, ("BLOCK_M", "BLOCK_N"))
+
+
+def attention_dq_configs(block_d: int, gen: str | None = None) -> list[triton.Config]:
+    return _configs(_ATTENTION_DQ[gen or generation()], block_d, ("BLOCK_M", "BLOCK_N"))
 
 
 def gemm_configs(gen: str | None = None) -> list[triton.Config]:

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .. import backends
-from .compute_bound_configs import attention_backward_configs
+from .compute_bound_configs import attention_dkdv_configs, attention_dq_configs
 from .flash_attention import LOG2E, Layout, key_ranges, load_rows, sequence_bounds, store_rows, supports, unit_stride, \
     visible
 
@@ -205,20 +205,14 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, grad_out_ptr, lse_ptr, delta_ptr, dq_ptr, cu
 AUTOTUNE_KEY = ["seq_bucket", "CAUSAL", "VARLEN", "HEAD_DIM"]
 
 
-def dq_configs(block_d: int, gen: str | None = None) -> list[triton.Config]:
-    """The dQ kernel walks keys for a query tile: the dK/dV tiles with the roles of M and N swapped."""
-    return [triton.Config({"BLOCK_M": c.kwargs["BLOCK_N"], "BLOCK_N": c.kwargs["BLOCK_M"]}, num_warps=c.num_warps,
-                          num_stages=c.num_stages) for c in attention_backward_configs(block_d, gen)]
-
-
 @functools.cache
 def _dkdv_kernel_for(block_d: int):
-    return triton.autotune(configs=attention_backward_configs(block_d), key=AUTOTUNE_KEY)(_dkdv_kernel)
+    return triton.autotune(configs=attention_dkdv_configs(block_d), key=AUTOTUNE_KEY)(_dkdv_kernel)
 
 
 @functools.cache
 def _dq_kernel_for(block_d: int):
-    return triton.autotune(configs=dq_configs(block_d), key=AUTOTUNE_KEY)(_dq_kernel)
+    return triton.autotune(configs=attention_dq_configs(block_d), key=AUTOTUNE_KEY)(_dq_kernel)
 
 
 @backends.register("flash_attention_backward", "triton",
