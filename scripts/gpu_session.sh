@@ -1,7 +1,8 @@
 #!/bin/bash
 # The one command for a lent GPU machine (Python 3.12, torch 2.11, no internet), run from the repository root:
 #   bash scripts/gpu_session.sh [budget_seconds]       (default 420: ends within 8 minutes)
-# Builds neva_kernels._C for the GPU present, runs the GPU tests, compute-sanitizer on a small subset, then the
+# Builds neva_kernels._C for the GPU present, runs the GPU tests, compute-sanitizer (memcheck, racecheck) on the
+# small cases marked `sanitizer`, then the
 # benchmarks; every log and result goes under $OUT (which the device tool brings back): $OUT/summary.txt as it goes,
 # everything else packed into $OUT/session.tgz at the end. It starts no new step once the budget is nearly spent.
 # Before the call, on the CPU machine: `git rev-parse HEAD > .commit` so the results name their commit.
@@ -27,7 +28,10 @@ step env 30 bash -c 'nvidia-smi; python3 -c "import sys,torch,triton;print(sys.v
 step build 240 python3 -m pip install --no-deps --no-build-isolation -e .
 export NEVA_REQUIRE_CUDA_EXTENSION=1
 step tests 180 python3 -m pytest -q -p no:cacheprovider -m gpu tests
-step sanitizer 90 compute-sanitizer --tool memcheck --error-exitcode 1 python3 -m pytest -q -x -p no:cacheprovider -m "gpu and sanitizer" tests
+for tool in memcheck racecheck; do
+  step "sanitizer-$tool" 90 compute-sanitizer --tool "$tool" --error-exitcode 1 \
+    python3 -m pytest -q -x -p no:cacheprovider -m "gpu and sanitizer" tests
+done
 step bench "$(( $(left) - 30 ))" python3 -m benchmarks --out "$LOGS/results" --budget-s "$(( $(left) - 60 ))"
 echo "total ${SECONDS}s of budget ${BUDGET}s" | tee -a "$OUT/summary.txt"
 tar czf "$OUT/session.tgz" -C "$LOGS" .
