@@ -2,9 +2,9 @@
 # The one command for a lent GPU machine (Python 3.12, torch 2.11, no internet), run from the repository root:
 #   bash scripts/gpu_session.sh [budget_seconds]       (default 420: ends within 8 minutes)
 # Builds neva_kernels._C for the GPU present, runs the GPU tests, compute-sanitizer (memcheck, racecheck) on the
-# small cases marked `sanitizer`, then the
-# benchmarks; every log and result goes under $OUT (which the device tool brings back): $OUT/summary.txt as it goes,
-# everything else packed into $OUT/session.tgz at the end. It starts no new step once the budget is nearly spent.
+# small cases marked `sanitizer`, then the benchmarks. Every log and result goes under $OUT (which the device tool
+# brings back): $OUT/summary.txt as it goes, everything else packed into $OUT/session.tgz at the end. It starts no
+# new step once the budget is nearly spent.
 # Before the call, on the CPU machine: `git rev-parse HEAD > .commit` so the results name their commit.
 set -u
 BUDGET=${1:-420}
