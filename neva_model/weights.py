@@ -79,8 +79,8 @@ class _Filler:
             if isinstance(module, FusedLinear):
                 for kind in ("weight", "bias") if module.bias is not None else ("weight",):
                     self.expected[f"{module_name}.{kind}"] = list(module.part_sizes)
-        if model.config.tie_word_embeddings:  # lm_head.weight is embed_tokens.weight: optional in the file
-            self.expected.pop("lm_head.weight")
+        # Tied: lm_head.weight is embed_tokens.weight, so the file may hold it or not.
+        self.optional = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
 
     def target(self, checkpoint_name: str) -> tuple[str, str | None]:
         """(model tensor name, fused part or None) for a checkpoint tensor."""
@@ -112,7 +112,7 @@ class _Filler:
 
     def check_complete(self) -> None:
         missing = [name if parts == [None] else f"{name} ({', '.join(parts)})"
-                   for name, parts in self.expected.items() if parts]
+                   for name, parts in self.expected.items() if parts and name not in self.optional]
         if missing:
             raise NevaWeightsError(f"the checkpoint lacks {len(missing)} tensor(s): {', '.join(missing[:8])}"
                                    + (" ..." if len(missing) > 8 else ""))

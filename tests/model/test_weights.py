@@ -61,6 +61,17 @@ def _rewrite(directory, edit):
     save_file(tensors, directory / "model.safetensors")
 
 
+def test_tied_embeddings_load_with_or_without_lm_head_in_the_file(tmp_path):
+    hf = write_checkpoint(CASE, tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    assert "language_model.lm_head.weight" not in tensors  # transformers leaves the tied copy out
+    tensors["language_model.lm_head.weight"] = tensors["language_model.model.embed_tokens.weight"].clone()
+    save_file(tensors, tmp_path / "model.safetensors")
+    model = load_neva(tmp_path)
+    assert model.lm_head.weight is model.language_model.embed_tokens.weight
+    assert _logits_error(model, hf) <= 1e-4
+
+
 def test_a_missing_tensor_is_named(tmp_path):
     write_checkpoint(CASE, tmp_path)
     _rewrite(tmp_path, lambda t: t.pop("language_model.model.layers.1.self_attn.k_proj.weight"))
