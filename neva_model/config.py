@@ -151,7 +151,7 @@ def _vision(vision: dict | None) -> VisionConfig:
 
 def _text(text: dict) -> TextConfig:
     model_type = text.get("model_type", "llama")
-    _expect(model_type in ("llama", "mistral"), f"text model_type {model_type!r} is not supported (llama is)")
+    _expect(model_type == "llama", f"text model_type {model_type!r} is not supported (llama is)")
     act = text.get("hidden_act", "silu")
     _expect(act == "silu", f"text hidden_act {act!r} is not supported (LLaMA's 'silu' is)")
     theta, factor = _rope(text)

@@ -23,11 +23,13 @@ class Projector(nn.Module):
 
 def packed_prefill_batch(lengths: list[int], device) -> AttentionBatch:
     """The AttentionBatch of whole sequences of `lengths` packed one after another, positions from 0."""
-    lengths_t = torch.tensor(lengths, dtype=torch.int32, device=device)
-    cu_seqlens = torch.zeros(len(lengths) + 1, dtype=torch.int32, device=device)
-    cu_seqlens[1:] = lengths_t.cumsum(0)
-    positions = torch.cat([torch.arange(n, device=device) for n in lengths]) if lengths else lengths_t.long()
-    return AttentionBatch(positions=positions, cu_seqlens=cu_seqlens, max_seqlen=max(lengths, default=0))
+    offsets = [0]
+    for n in lengths:
+        offsets.append(offsets[-1] + n)
+    positions = [p for n in lengths for p in range(n)]  # built on the host: one copy to the device each
+    return AttentionBatch(positions=torch.tensor(positions, dtype=torch.int64, device=device),
+                          cu_seqlens=torch.tensor(offsets, dtype=torch.int32, device=device),
+                          max_seqlen=max(lengths, default=0))
 
 
 class Neva(nn.Module):
