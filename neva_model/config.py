@@ -47,7 +47,7 @@ class TextConfig:
     num_layers: int = 32
     num_heads: int = 32
     num_kv_heads: int = 32
-    head_dim: int | None = None  # None: hidden_size // num_heads
+    head_dim: int | None = None  # None: hidden_size // num_heads (resolved on construction)
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
     rope_scaling_factor: float = 1.0  # "linear" RoPE scaling divides every frequency by it
@@ -56,9 +56,13 @@ class TextConfig:
     mlp_bias: bool = False
     eos_token_id: int | tuple[int, ...] | None = 2
 
+    def __post_init__(self):
+        if self.head_dim is None:  # one spelling per configuration, so that equal configs compare equal
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+
     @property
     def attention_head_dim(self) -> int:
-        return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_heads
+        return self.head_dim
 
 
 @dataclass(frozen=True)
@@ -155,14 +159,13 @@ def _text(text: dict) -> TextConfig:
     act = text.get("hidden_act", "silu")
     _expect(act == "silu", f"text hidden_act {act!r} is not supported (LLaMA's 'silu' is)")
     theta, factor = _rope(text)
-    heads, hidden = text.get("num_attention_heads", 32), text.get("hidden_size", 4096)
-    head_dim = text.get("head_dim")  # transformers 5 always writes it: keep None for the usual hidden / heads
+    heads = text.get("num_attention_heads", 32)
     eos = text.get("eos_token_id", 2)
     return TextConfig(
-        vocab_size=text.get("vocab_size", 32000), hidden_size=hidden,
+        vocab_size=text.get("vocab_size", 32000), hidden_size=text.get("hidden_size", 4096),
         intermediate_size=text.get("intermediate_size", 11008), num_layers=text.get("num_hidden_layers", 32),
         num_heads=heads, num_kv_heads=text.get("num_key_value_heads") or heads,
-        head_dim=None if head_dim == hidden // heads else head_dim,
+        head_dim=text.get("head_dim"),
         rms_norm_eps=text.get("rms_norm_eps", 1e-6), rope_theta=theta, rope_scaling_factor=factor,
         max_position_embeddings=text.get("max_position_embeddings", 2048),
         attention_bias=text.get("attention_bias", False), mlp_bias=text.get("mlp_bias", False),

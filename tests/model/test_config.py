@@ -70,8 +70,8 @@ def test_unknown_preset_and_missing_file(tmp_path):
         from_hf_config(tmp_path)
 
 
-def test_head_dim_is_kept_only_when_it_is_not_hidden_over_heads():
+def test_head_dim_defaults_to_hidden_over_heads_however_it_is_written():
     text = {"hidden_size": 96, "num_attention_heads": 6}
-    assert from_hf_config({"text_config": {**text, "head_dim": 16}}).text.head_dim is None
-    config = from_hf_config({"text_config": {**text, "head_dim": 24}})
-    assert (config.text.head_dim, config.text.attention_head_dim) == (24, 24)
+    assert from_hf_config({"text_config": {**text, "head_dim": 16}}) == from_hf_config({"text_config": text})
+    assert from_hf_config({"text_config": text}).text.head_dim == 16
+    assert from_hf_config({"text_config": {**text, "head_dim": 24}}).text.head_dim == 24
