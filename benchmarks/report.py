@@ -65,7 +65,7 @@ def plot(data: dict, folder: str) -> list[str]:
     for case in data["cases"]:
         by_op[(case["op"], case["backward"], case["label"].split(" ")[-1])].append(case)
     paths = []
-    for (op, backward, _), cases in by_op.items():
+    for (op, backward, variant), cases in by_op.items():
         compute = any("tflops" in e for case in cases for e in case["results"].values())
         key, unit = ("tflops", "TFLOP/s") if compute else ("gbps", "GB/s")
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -79,7 +79,7 @@ def plot(data: dict, folder: str) -> list[str]:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("size")
         ax.set_ylabel(unit)
-        ax.set_title(f"{op}{' backward' if backward else ''} — {data['stamp']['device']}")
+        ax.set_title(f"{op}{' backward' if backward else ''} ({variant}) — {data['stamp']['device']}")
         ax.legend(fontsize=7)
         name = re.sub(r"[^a-z0-9]+", "_", f"{op}{' backward' if backward else ''} {len(paths)}".lower()) + ".png"
         fig.savefig(os.path.join(folder, name), dpi=110, bbox_inches="tight")
