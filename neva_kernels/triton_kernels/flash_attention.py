@@ -18,7 +18,9 @@ from .. import backends
 from .compute_bound_configs import attention_forward_configs, padded_head_dim
 
 LOG2E = 1.4426950408889634
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # float32: under the interpreter only
+# The GPU tiles (compute_bound_configs) are sized for 16-bit operands; float32 ones would overflow shared memory.
+FLOAT32_ON_GPU = "the triton kernels take float16/bfloat16 on a GPU (float32 runs under the interpreter)"
 
 
 # ---- helpers shared with the backward kernels ----------------------------------------------------------------
@@ -214,6 +216,8 @@ def supports(q, k, v, causal, softmax_scale, cu_seqlens_q=None, cu_seqlens_k=Non
              max_seqlen_k=None) -> str | None:
     if q.dtype not in SUPPORTED_DTYPES:
         return f"the triton flash_attention kernels take float16, bfloat16 or float32, got {q.dtype}"
+    if q.is_cuda and q.dtype == torch.float32:
+        return FLOAT32_ON_GPU
     if q.shape[-1] > 256:
         return f"the triton flash_attention kernels take head_dim <= 256, got {q.shape[-1]}"
     return None

@@ -28,7 +28,7 @@ PREPROCESS_ROWS = 64
 def _preprocess_kernel(out_ptr, grad_out_ptr, grad_lse_ptr, delta_ptr, cu_q_ptr,
                        stride_ob, stride_os, stride_oh, stride_gb, stride_gs, stride_gh,
                        stride_glb, stride_glh, stride_gls, stride_db, stride_dh, stride_ds,
-                       num_heads, seqlen_q, HAS_GRAD_LSE: tl.constexpr, VARLEN: tl.constexpr,
+                       num_heads, seqlen_q, VARLEN: tl.constexpr,
                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
     bh = tl.program_id(0)
     start_m = tl.program_id(1) * BLOCK_M
@@ -46,8 +46,7 @@ def _preprocess_kernel(out_ptr, grad_out_ptr, grad_lse_ptr, delta_ptr, cu_q_ptr,
     do = load_rows(grad_out_ptr + b64 * stride_gb + h * stride_gh + rows[:, None] * stride_gs + offs_d[None, :],
                    offs_m, len_q, offs_d, HEAD_DIM, BLOCK_D, True)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    if HAS_GRAD_LSE:
-        delta -= tl.load(grad_lse_ptr + b64 * stride_glb + h * stride_glh + rows * stride_gls, mask=offs_m < len_q)
+    delta -= tl.load(grad_lse_ptr + b64 * stride_glb + h * stride_glh + rows * stride_gls, mask=offs_m < len_q)
     tl.store(delta_ptr + b64 * stride_db + h * stride_dh + rows * stride_ds, delta, mask=offs_m < len_q)
 
 
@@ -232,14 +231,14 @@ def flash_attention_backward(grad_out, grad_lse, q, k, v, out, lse, causal, soft
     flags = dict(CAUSAL=causal, VARLEN=layout.varlen, HEAD_DIM=layout.head_dim, BLOCK_D=layout.block_d,
                  DOT_PRECISION=layout.dot_precision)
     heads = layout.batch * layout.num_heads
-    grad_lse_strides = layout.lse_strides(grad_lse) if grad_lse is not None else (0, 0, 0)
     _preprocess_kernel[(heads, triton.cdiv(layout.max_q, PREPROCESS_ROWS))](
         out, grad_out, grad_lse, delta, layout.cu_q, *layout.strides(out), *layout.strides(grad_out),
-        *grad_lse_strides, *layout.lse_strides(delta), layout.num_heads, layout.seqlen_q,
-        HAS_GRAD_LSE=grad_lse is not None, VARLEN=layout.varlen, HEAD_DIM=layout.head_dim, BLOCK_D=layout.block_d,
+        *layout.lse_strides(grad_lse), *layout.lse_strides(delta), layout.num_heads, layout.seqlen_q,
+        VARLEN=layout.varlen, HEAD_DIM=layout.head_dim, BLOCK_D=layout.block_d,
         BLOCK_M=PREPROCESS_ROWS)
     kv_heads = layout.num_heads // layout.group
-    _dkdv_kernel_for(layout.block_d)[lambda meta: (layout.batch * kv_heads, triton.cdiv(layout.max_k, meta["BLOCK_N"]))](
+    key_tiles = (lambda meta: (layout.batch * kv_heads, triton.cdiv(layout.max_k, meta["BLOCK_N"])))
+    _dkdv_kernel_for(layout.block_d)[key_tiles](
         q, k, v, grad_out, lse, delta, grad_k, grad_v, *common, *layout.strides(grad_k), *layout.strides(grad_v),
         kv_heads, *sizes, **flags)
     _dq_kernel_for(layout.block_d)[lambda meta: (heads, triton.cdiv(layout.max_q, meta["BLOCK_M"]))](

@@ -17,7 +17,7 @@ import triton.language as tl
 
 from .. import backends, reference
 from .compute_bound_configs import gemm_configs
-from .flash_attention import SUPPORTED_DTYPES, unit_stride
+from .flash_attention import FLOAT32_ON_GPU, SUPPORTED_DTYPES, unit_stride
 
 
 @triton.jit
@@ -82,6 +82,8 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, out: tor
 def supports(image_features, w1, b1, w2, b2, inputs_embeds, image_token_mask) -> str | None:
     if image_features.dtype not in SUPPORTED_DTYPES:
         return f"the triton project_image_tokens kernels take float16, bfloat16 or float32, got {image_features.dtype}"
+    if image_features.is_cuda and image_features.dtype == torch.float32:
+        return FLOAT32_ON_GPU
     return None
 
 

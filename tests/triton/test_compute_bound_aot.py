@@ -51,7 +51,7 @@ def attention_specs(gen: str, dtype: str, backward: bool):
             names = kernel.arg_names
             for head_dim, config in ((d, c) for d in dims for c in tiles):
                 flags = dict(cu_q_ptr=None, cu_k_ptr=None, CAUSAL=True, VARLEN=False, HEAD_DIM=head_dim,
-                             BLOCK_D=block_d, DOT_PRECISION="tf32", HAS_GRAD_LSE=True)
+                             BLOCK_D=block_d, DOT_PRECISION="tf32")
                 yield spec(f"{module.__name__.rsplit('.', 1)[1]}:{kernel.__name__}", names,
                            {n: t for n, t in tensors.items() if n in names},
                            {n: value for n, value in flags.items() if n in names}, aligned_strides(names), gen, config)
@@ -126,7 +126,8 @@ def test_matmuls_run_on_tensor_cores(reports):
     with_matmuls = [(s, r) for s, r in reports if not s["kernel"].endswith("_preprocess_kernel")]
     assert {s["kernel"].split(":")[1] for s, _ in with_matmuls} == {"_flash_forward_kernel", "_dkdv_kernel",
                                                                      "_dq_kernel", "_linear_kernel"}
-    missing = [f"{describe(s)}: no {expected_mma(s)}" for s, r in with_matmuls if not r["instructions"][expected_mma(s)]]
+    missing = [f"{describe(s)}: no {expected_mma(s)}" for s, r in with_matmuls
+               if not r["instructions"][expected_mma(s)]]
     assert not missing, "\n".join(missing)
 
 
