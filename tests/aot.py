@@ -6,7 +6,9 @@ contains and what the ptxas shipped inside the triton package reports (registers
 
 A spec: {"kernel": "neva_kernels.triton_kernels.rms_norm:_rms_norm_kernel", "signature": {"x_ptr": "*bf16",
 "n": "i32", "BLOCK": "constexpr", ...}, "constexprs": {"BLOCK": 1024}, "capability": 90, "num_warps": 4,
-"num_stages": 3}. Every argument of the kernel appears in the signature.
+"num_stages": 3, "divisible_by_16": ["x_ptr", "stride_row"]}. Every argument of the kernel appears in the
+signature. "divisible_by_16" names the arguments that Triton's launcher would specialize at run time (pointers
+16-byte aligned, integers multiples of 16): without it loads compile as scalar and register counts are pessimistic.
 """
 from __future__ import annotations
 
@@ -53,7 +55,9 @@ def _compile(spec: dict) -> dict:
     from triton.compiler import ASTSource
     module, name = spec["kernel"].split(":")
     kernel = getattr(importlib.import_module(module), name)
-    source = ASTSource(fn=kernel, signature=spec["signature"], constexprs=spec.get("constexprs", {}))
+    names = list(spec["signature"])
+    attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in spec.get("divisible_by_16", ())}
+    source = ASTSource(fn=kernel, signature=spec["signature"], constexprs=spec.get("constexprs", {}), attrs=attrs)
     compiled = triton.compile(source, target=GPUTarget("cuda", spec["capability"], 32),
                               options={"num_warps": spec.get("num_warps", 4), "num_stages": spec.get("num_stages", 3)})
     ptx = compiled.asm["ptx"]
