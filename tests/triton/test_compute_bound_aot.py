@@ -26,14 +26,17 @@ MODULE = "neva_kernels.triton_kernels"
 SCALARS = {"qk_scale": "fp32", "softmax_scale": "fp32"}
 
 
-def spec(kernel: str, arg_names, pointers: dict, constexprs: dict, aligned: tuple, gen: str, config) -> dict:
-    """A tests.aot spec; arguments not named in pointers/constexprs/SCALARS are i32."""
+def spec(kernel: str, arg_names, operands: dict, constexprs: dict, aligned: tuple, gen: str, config) -> dict:
+    """A tests.aot spec. operands: name -> element type of a pointer, or a full "tensordesc<...>" type; arguments
+    named in neither operands, constexprs nor SCALARS are i32."""
     constexprs = {**constexprs, **config.kwargs}
-    signature = {name: (f"*{pointers[name]}" if name in pointers else "constexpr" if name in constexprs
+    types = {name: t if t.startswith("tensordesc") else f"*{t}" for name, t in operands.items()}
+    signature = {name: (types[name] if name in types else "constexpr" if name in constexprs
                         else SCALARS.get(name, "i32")) for name in arg_names}
+    pointers = [name for name, t in types.items() if t.startswith("*")]
     return {"kernel": f"{MODULE}.{kernel}", "signature": signature, "capability": configs.capability(gen),
             "constexprs": constexprs, "num_warps": config.num_warps,
-            "num_stages": config.num_stages, "aligned": list(pointers) + list(aligned)}
+            "num_stages": config.num_stages, "aligned": pointers + list(aligned)}
 
 
 def attention_specs(gen: str, dtype: str, backward: bool):
@@ -62,23 +65,28 @@ def aligned_strides(arg_names) -> tuple:
     return tuple(n for n in arg_names if n.startswith("stride_") and not n.startswith(("stride_l", "stride_gl")))
 
 
-def gemm_specs(gen: str, dtype: str):
+def gemm_specs(gen: str, dtype: str, tma: bool = False):
+    """The projector GEMM; with tma (sm90) x and w are tensor descriptors of the configuration's tiles."""
     from neva_kernels.triton_kernels.project_image_tokens import _linear_kernel
-    operands = dict(x_ptr=dtype, w_ptr=dtype, bias_ptr=dtype, out_ptr=dtype)
     # GEMM 1: bias + GELU into the hidden buffer; GEMM 2: bias, rows scattered into inputs_embeds.
     for gelu, rows in ((True, {}), (False, {"rows_ptr": "i64"})):
-        flags = dict(HAS_BIAS=True, GELU=gelu, SCATTER=bool(rows), DOT_PRECISION="tf32")
+        flags = dict(HAS_BIAS=True, GELU=gelu, SCATTER=bool(rows), TMA=tma, DOT_PRECISION="tf32")
         if not rows:
             flags["rows_ptr"] = None
         for config in configs.gemm_configs(gen):
-            yield spec("project_image_tokens:_linear_kernel", _linear_kernel.arg_names, operands | rows, flags,
+            tiles = config.kwargs
+            x, w = ((f"tensordesc<{dtype}[{tiles[f'BLOCK_{rows_of}']},{tiles['BLOCK_K']}]>" for rows_of in "MN")
+                    if tma else (dtype, dtype))
+            yield spec("project_image_tokens:_linear_kernel", _linear_kernel.arg_names,
+                       dict(x=x, w=w, bias_ptr=dtype, out_ptr=dtype) | rows, flags,
                        ("stride_xm", "stride_wn", "stride_om", "N", "K"), gen, config)
 
 
 def all_specs(gen: str) -> list[dict]:
-    """bf16: every kernel and configuration; fp16 (the same tiles, the same code but the MMA type): the forward
-    and the projector GEMMs, whose tensor-core instructions the issue names."""
-    return [*attention_specs(gen, "bf16", backward=True), *gemm_specs(gen, "bf16"),
+    """bf16: every kernel and configuration (and on sm90 the GEMM's TMA variant); fp16 (the same tiles, the same
+    code but the MMA type): the forward and the projector GEMMs, whose tensor-core instructions the issue names."""
+    tma = list(gemm_specs(gen, "bf16", tma=True)) if gen == "sm90" else []
+    return [*attention_specs(gen, "bf16", backward=True), *gemm_specs(gen, "bf16"), *tma,
             *attention_specs(gen, "fp16", backward=False), *gemm_specs(gen, "fp16")]
 
 
@@ -102,7 +110,7 @@ def reports():
 
 def describe(spec: dict) -> str:
     dtype = next(iter(spec["signature"].values()))  # the kernel's first pointer: its data type
-    tiles = {k: v for k, v in spec["constexprs"].items() if k.startswith(("BLOCK", "HEAD_DIM", "GELU"))}
+    tiles = {k: v for k, v in spec["constexprs"].items() if k.startswith(("BLOCK", "HEAD_DIM", "GELU", "TMA"))}
     return (f"{spec['kernel'].split(':')[1]} sm{spec['capability']} {dtype} {tiles} warps={spec['num_warps']} "
             f"stages={spec['num_stages']}")
 
@@ -135,8 +143,16 @@ def test_forward_and_projector_use_wgmma_on_sm90(reports):
     """The issue's check, spelled out: every sm90 forward/GEMM configuration, bf16 and fp16, holds wgmma."""
     sm90 = [(s, r) for s, r in reports if s["capability"] == 90
             and s["kernel"].endswith(("_flash_forward_kernel", "_linear_kernel"))]
-    assert {next(iter(s["signature"].values())) for s, _ in sm90} == {"*bf16", "*fp16"}
+    first_operands = {next(iter(s["signature"].values())) for s, _ in sm90}
+    assert {d for d in ("bf16", "fp16") if any(d in t for t in first_operands)} == {"bf16", "fp16"}
     assert all(r["instructions"]["wgmma"] for _, r in sm90)
+
+
+def test_projector_uses_tma_on_sm90(reports):
+    """The descriptor variant of the GEMM loads its tiles with bulk tensor copies (cp.async.bulk.tensor)."""
+    tma = [(s, r) for s, r in reports if s["constexprs"].get("TMA")]
+    assert tma and all(s["capability"] == 90 for s, _ in tma)
+    assert all(r["instructions"]["cp.async.bulk.tensor"] and r["instructions"]["wgmma"] for _, r in tma)
 
 
 def test_tiles_stream_through_async_copies(reports):

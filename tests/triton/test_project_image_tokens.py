@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import neva_kernels as nk
 from neva_kernels import reference
+from neva_kernels.triton_kernels import project_image_tokens as project_image_tokens_kernels
 from tests.helpers import assert_close_by_rule, strided
 from tests.triton.test_flash_attention import DEVICE, GPU_DTYPES, INTERPRETER_DTYPES
 
@@ -47,6 +48,13 @@ def check_projection(features, w1, b1, w2, b2, embeds, mask):
 @pytest.mark.parametrize("bias", [True, False])
 def test_projection_matches_reference(dtype, images, bias, poisoned_outputs):
     check_projection(*make_inputs(images, tokens=7, vision=33, hidden=70, text=65, seq=24, dtype=dtype, bias=bias))
+
+
+@pytest.mark.parametrize("images", [1, 3])
+def test_tma_descriptor_path_matches_reference(images, monkeypatch, poisoned_outputs):
+    """The sm90 path (tiles loaded through tensor descriptors), forced here; its dims keep rows 16-byte aligned."""
+    monkeypatch.setattr(project_image_tokens_kernels, "use_tma", lambda *operands: True)
+    check_projection(*make_inputs(images, tokens=7, vision=40, hidden=72, text=56, seq=24, dtype=torch.float16))
 
 
 def test_flat_layouts_and_non_contiguous_weights(poisoned_outputs):
