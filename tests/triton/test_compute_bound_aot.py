@@ -3,23 +3,18 @@
 (compute_bound_configs), for bf16 and fp16 (see all_specs).
 
 The kernels are compiled as Triton's launcher compiles them for real tensors: tensor pointers and the row/head
-strides of [.., S, H, D] and weight tensors divisible by 16 (the launcher detects this per call). tests/aot.py
-has no way to say so, and without it loads are not vectorized and register counts are not those of a real
-launch; so this file runs tests.aot's compiler in its own process with those alignment attributes added.
+strides of [.., S, H, D] and weight tensors divisible by 16 (the launcher detects this per call; without it loads
+are not vectorized and register counts are not those of a real launch).
 Attention compiles causal (the superset of the masking code) over the padded layout; head dims 64, 128 and 256
 (the three register tiles) and, for the forward, 80 (a tile with masked features).
 """
-import json
-import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import triton
 
 from neva_kernels.triton_kernels import compute_bound_configs as configs
-from tests.aot import REPO
+from tests.aot import compile_reports
 
 HEAD_DIMS = {64: (64,), 128: (128, 80), 256: (256,)}  # register tile -> the head dims compiled with it
 MODULE = "neva_kernels.triton_kernels"
@@ -36,7 +31,7 @@ def spec(kernel: str, arg_names, operands: dict, constexprs: dict, aligned: tupl
     pointers = [name for name, t in types.items() if t.startswith("*")]
     return {"kernel": f"{MODULE}.{kernel}", "signature": signature, "capability": configs.capability(gen),
             "constexprs": constexprs, "num_warps": config.num_warps,
-            "num_stages": config.num_stages, "aligned": pointers + list(aligned)}
+            "num_stages": config.num_stages, "divisible_by_16": pointers + list(aligned)}
 
 
 def attention_specs(gen: str, dtype: str, backward: bool):
@@ -90,21 +85,11 @@ def all_specs(gen: str) -> list[dict]:
             *attention_specs(gen, "fp16", backward=False), *gemm_specs(gen, "fp16")]
 
 
-def aligned_compile_reports(specs: list[dict]) -> list[dict]:
-    """tests.aot.compile_reports, through this file's __main__ (which adds the alignment attributes)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-m", "tests.triton.test_compute_bound_aot"], input=json.dumps(specs),
-                          capture_output=True, text=True, cwd=REPO, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"ahead-of-time compilation failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 @pytest.fixture(scope="module")
 def reports():
     specs = [all_specs(gen) for gen in configs.GENERATIONS]
     with ThreadPoolExecutor(len(specs)) as pool:  # one process per architecture, side by side
-        results = list(pool.map(aligned_compile_reports, specs))
+        results = list(pool.map(compile_reports, specs))
     return [(s, r) for spec_list, result in zip(specs, results) for s, r in zip(spec_list, result)]
 
 
@@ -161,24 +146,3 @@ def test_tiles_stream_through_async_copies(reports):
     missing = [describe(s) for s, r in looping if not r["instructions"]["cp.async"]]
     assert not missing, "no cp.async in:\n" + "\n".join(missing)
 
-
-if __name__ == "__main__":
-    import triton.compiler
-
-    from tests import aot
-
-    aligned_names: list[str] = []
-
-    class AlignedSource(triton.compiler.ASTSource):
-        """The source as the launcher specializes it: the named arguments are divisible by 16 (bytes for pointers)."""
-
-        def __init__(self, fn, signature, constexprs=None, attrs=None):
-            attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in aligned_names}
-            super().__init__(fn, signature, constexprs, attrs)
-
-    triton.compiler.ASTSource = AlignedSource  # tests.aot._compile looks it up at call time
-    results = []
-    for one in json.load(sys.stdin):
-        aligned_names[:] = one.pop("aligned")
-        results.append(aot._compile(one))
-    print(json.dumps(results))
