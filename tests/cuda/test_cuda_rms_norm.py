@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import neva_kernels as nk
-from neva_kernels import reference
-from tests.helpers import assert_close_by_rule, strided
+from tests.helpers import strided
 from tests.test_extension import needs_extension
+from tests.triton import test_rms_norm as triton_tests
 
 pytestmark = [pytest.mark.gpu, needs_extension]
 
@@ -17,21 +17,11 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
 def make_inputs(shape, dtype):
-    x = torch.randn(shape, dtype=dtype, device="cuda") * 3
-    weight = torch.rand(shape[-1], dtype=dtype, device="cuda") + 0.5
-    residual = torch.randn(shape, dtype=dtype, device="cuda")
-    return x, weight, residual
+    return triton_tests.make_inputs(shape, dtype, device="cuda")
 
 
 def check(x, weight, residual, eps=1e-5):
-    out = nk.rms_norm(x, weight, eps, residual=residual, backend="cuda")
-    baseline = reference.rms_norm(x, weight, eps, residual)
-    if residual is None:
-        assert_close_by_rule(out, reference.rms_norm(x.double(), weight.double(), eps), baseline, "rms_norm")
-        return
-    (y, h), (baseline_y, baseline_h) = out, baseline
-    assert torch.equal(h, baseline_h), "fused rms_norm: the updated residual differs from x + residual"
-    assert_close_by_rule(y, reference.rms_norm(h.double(), weight.double(), eps), baseline_y, "fused rms_norm")
+    triton_tests.check_forward(x, weight, residual, eps, backend="cuda")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

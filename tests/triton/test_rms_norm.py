@@ -25,8 +25,9 @@ def make_inputs(shape, dtype, device=DEVICE):
     return x, weight, residual
 
 
-def check_forward(x, weight, residual, eps=1e-5):
-    out = nk.rms_norm(x, weight, eps, residual=residual, backend="triton")
+def check_forward(x, weight, residual, eps=1e-5, backend="triton"):
+    """`backend`'s rms_norm (fused when residual is given) against the float64 reference, by the rule."""
+    out = nk.rms_norm(x, weight, eps, residual=residual, backend=backend)
     baseline = reference.rms_norm(x, weight, eps, residual)
     if residual is None:
         assert_close_by_rule(out, reference.rms_norm(x.double(), weight.double(), eps), baseline, "rms_norm")
