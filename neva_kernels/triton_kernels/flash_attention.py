@@ -38,6 +38,17 @@ def sequence_bounds(b, cu_seqlens_ptr, fixed_length, VARLEN: tl.constexpr):
 
 
 @triton.jit
+def program_sequences(cu_q_ptr, cu_k_ptr, num_heads, seqlen_q, seqlen_k, VARLEN: tl.constexpr):
+    """(batch, head, first query row, query length, first key row, key length) of this program's axis-0 index,
+    which runs over batch * num_heads."""
+    bh = tl.program_id(0)
+    b = bh // num_heads
+    q_start, len_q = sequence_bounds(b, cu_q_ptr, seqlen_q, VARLEN)
+    k_start, len_k = sequence_bounds(b, cu_k_ptr, seqlen_k, VARLEN)
+    return b, bh % num_heads, q_start, len_q, k_start, len_k
+
+
+@triton.jit
 def load_rows(ptrs, rows, num_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CHECK_ROWS: tl.constexpr):
     """A [rows, BLOCK_D] tile; rows >= num_rows (when checked) and features >= HEAD_DIM read as 0."""
     if CHECK_ROWS:
@@ -124,13 +135,9 @@ def _flash_forward_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, cu_q_ptr, cu_k_
                           CAUSAL: tl.constexpr, VARLEN: tl.constexpr, HEAD_DIM: tl.constexpr,
                           BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    bh = tl.program_id(0)
+    b, h, q_start, len_q, k_start, len_k = program_sequences(cu_q_ptr, cu_k_ptr, num_heads, seqlen_q, seqlen_k, VARLEN)
     # Axis 1 is launched last-tile first: under a causal mask the last query tiles are the heaviest.
     start_m = (tl.num_programs(1) - 1 - tl.program_id(1)) * BLOCK_M
-    b = bh // num_heads
-    h = bh % num_heads
-    q_start, len_q = sequence_bounds(b, cu_q_ptr, seqlen_q, VARLEN)
-    k_start, len_k = sequence_bounds(b, cu_k_ptr, seqlen_k, VARLEN)
     if start_m >= len_q:
         return
     b64 = b.to(tl.int64)

@@ -18,8 +18,8 @@ import triton.language as tl
 
 from .. import backends
 from .compute_bound_configs import attention_dkdv_configs, attention_dq_configs
-from .flash_attention import LOG2E, Layout, key_ranges, load_rows, sequence_bounds, store_rows, supports, unit_stride, \
-    visible
+from .flash_attention import (LOG2E, Layout, key_ranges, load_rows, program_sequences, sequence_bounds, store_rows,
+                              supports, unit_stride, visible)
 
 PREPROCESS_ROWS = 64
 
@@ -104,12 +104,9 @@ def _dkdv_kernel(q_ptr, k_ptr, v_ptr, grad_out_ptr, lse_ptr, delta_ptr, dk_ptr, 
                  num_kv_heads, group, seqlen_q, seqlen_k, qk_scale, softmax_scale, seq_bucket,
                  CAUSAL: tl.constexpr, VARLEN: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                  DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    bh = tl.program_id(0)
+    b, kv_h, q_start, len_q, k_start, len_k = program_sequences(cu_q_ptr, cu_k_ptr, num_kv_heads, seqlen_q,
+                                                                seqlen_k, VARLEN)
     start_n = tl.program_id(1) * BLOCK_N  # under a causal mask the first key tiles are the heaviest: first
-    b = bh // num_kv_heads
-    kv_h = bh % num_kv_heads
-    q_start, len_q = sequence_bounds(b, cu_q_ptr, seqlen_q, VARLEN)
-    k_start, len_k = sequence_bounds(b, cu_k_ptr, seqlen_k, VARLEN)
     if start_n >= len_k:
         return
     b64 = b.to(tl.int64)
@@ -167,12 +164,8 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, grad_out_ptr, lse_ptr, delta_ptr, dq_ptr, cu
                num_heads, group, seqlen_q, seqlen_k, qk_scale, softmax_scale, seq_bucket,
                CAUSAL: tl.constexpr, VARLEN: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    bh = tl.program_id(0)
+    b, h, q_start, len_q, k_start, len_k = program_sequences(cu_q_ptr, cu_k_ptr, num_heads, seqlen_q, seqlen_k, VARLEN)
     start_m = (tl.num_programs(1) - 1 - tl.program_id(1)) * BLOCK_M  # heaviest (last) query tiles first
-    b = bh // num_heads
-    h = bh % num_heads
-    q_start, len_q = sequence_bounds(b, cu_q_ptr, seqlen_q, VARLEN)
-    k_start, len_k = sequence_bounds(b, cu_k_ptr, seqlen_k, VARLEN)
     if start_m >= len_q:
         return
     b64 = b.to(tl.int64)
