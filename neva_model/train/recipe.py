@@ -19,10 +19,10 @@ class Recipe:
     seed: int = 0
     train_scenes: int = 10000  # the pool the NeVA stages draw from (their vision features are computed once)
     eval_scenes: int = 500  # fresh scenes, from a seed the training never uses
-    clip: Stage = Stage(steps=400, batch_size=128, lr=2e-3)
-    lm: Stage = Stage(steps=200, batch_size=64, lr=2e-3)
-    stage1: Stage = Stage(steps=200, batch_size=64, lr=2e-3)  # NeVA pretraining: the projector only
-    stage2: Stage = Stage(steps=1200, batch_size=64, lr=1e-3)  # NeVA finetuning: projector + language model
+    clip: Stage = Stage(steps=1200, batch_size=128, lr=1e-3)
+    lm: Stage = Stage(steps=150, batch_size=64, lr=2e-3)
+    stage1: Stage = Stage(steps=150, batch_size=64, lr=2e-3)  # NeVA pretraining: the projector only
+    stage2: Stage = Stage(steps=1500, batch_size=64, lr=1e-3)  # NeVA finetuning: projector + language model
 
     def scaled(self, fraction: float) -> Recipe:
         """The same recipe with every stage's steps (and the scene pools) cut to `fraction`: for quick checks."""
@@ -43,5 +43,5 @@ VISION = VisionConfig(hidden_size=128, intermediate_size=256, num_layers=3, num_
 
 def model_config(vocab_size: int) -> NevaConfig:
     text = TextConfig(vocab_size=vocab_size, hidden_size=128, intermediate_size=352, num_layers=3, num_heads=2,
-                      num_kv_heads=1, head_dim=64, max_position_embeddings=128, eos_token_id=EOS)
+                      num_kv_heads=1, head_dim=64, max_position_embeddings=512, eos_token_id=EOS)
     return NevaConfig(vision=VISION, text=text, image_token_index=IMAGE)

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 SHAPES = ("circle", "square", "triangle")
 COLORS = {"red": (215, 38, 38), "green": (40, 160, 60), "blue": (40, 80, 215), "yellow": (240, 205, 30),
           "purple": (135, 55, 175), "orange": (245, 135, 25)}
-MIN_SIZE, MAX_SIZE = 0.25, 0.33  # shape side (or diameter) as a fraction of the image side; the task's floor is 0.15
+MIN_SIZE, MAX_SIZE = 0.28, 0.38  # shape side (or diameter) as a fraction of the image side; the task's floor is 0.15
 MIN_X_GAP = 0.12
 COUNT_WORDS = ("0", "1", "2", "3")
 QUESTION_TYPES = ("color_of_shape", "shape_of_color", "count_all", "count_color", "exists", "leftmost",

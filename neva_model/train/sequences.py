@@ -36,9 +36,18 @@ def answer_ids(tokenizer: NevaTokenizer, answer: str) -> list[int]:
     return tokenizer.encode(answer, add_bos=False) + [tokenizer.eos_token_id]
 
 
-def conversation_example(tokenizer: NevaTokenizer, question: str, answer: str, image_tokens: int) -> Example:
-    """NeVA finetuning: the question in the llava-1.5 template, loss on the answer and its EOS only."""
-    return _supervise(prompt_ids(tokenizer, question, image_tokens), answer_ids(tokenizer, answer))
+def conversation_example(tokenizer: NevaTokenizer, turns: list[tuple[str, str]], image_tokens: int) -> Example:
+    """NeVA finetuning: (question, answer) turns in llava-1.5's training conversation, loss on every answer and
+    its EOS only. The first turn is exactly the prompt `neva ask` builds; later turns follow the EOS of the
+    answer before them ("... ASSISTANT: red</s>USER: {question} ASSISTANT:"), as llava-1.5's data does."""
+    ids, targets = [], []
+    for index, (question, answer) in enumerate(turns):
+        context = prompt_ids(tokenizer, question, image_tokens) if index == 0 else \
+            tokenizer.encode(f"USER: {question} ASSISTANT:", add_bos=False)
+        turn = _supervise(context, answer_ids(tokenizer, answer))
+        ids += turn.ids
+        targets += turn.targets
+    return Example(tuple(ids), tuple(targets))
 
 
 def caption_example(tokenizer: NevaTokenizer, caption: str, image_tokens: int) -> Example:

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from neva_model.model import Neva
-from neva_model.train.clip_pretrain import near_miss, pretrain_vision_tower
+from neva_model.train.clip_pretrain import NEAR_MISSES, near_miss, pretrain_vision_tower
 from neva_model.train.initialize import initialize
 from neva_model.train.neva_stages import neva_finetune, neva_pretrain, pool_features, pretrain_language_model
 from neva_model.train.pool import ScenePool
 from neva_model.train.recipe import Stage, model_config
 from neva_model.train.scenes import caption, random_scene
-from neva_model.train.sequences import IGNORE, conversation_example
+from neva_model.train.sequences import IGNORE, conversation_example, prompt_ids
 from neva_model.train.vocabulary import save_tokenizer, task_corpus, train_tokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -41,7 +41,7 @@ def test_every_stage_lowers_its_loss_and_trains_only_its_part(tmp_path: Path):
     before = _snapshot(model)
     clip = pretrain_vision_tower(model.vision_tower, tokenizer, Stage(60, 16, 1e-3), seed)
     # Contrastive training first sinks to chance (every caption equally likely), then must go below it.
-    chance = (math.log(2 * 16) + math.log(16)) / 2
+    chance = (math.log((1 + len(NEAR_MISSES)) * 16) + math.log(16)) / 2
     assert sum(clip[-5:]) / 5 < chance - 0.1, f"clip: loss {clip[-5:]} not below chance {chance:.4f}"
     assert {name.split(".")[0] for name in _changed(before, model)} == {"vision_tower"}
     assert not any(p.requires_grad for p in model.vision_tower.parameters())
@@ -64,16 +64,27 @@ def test_every_stage_lowers_its_loss_and_trains_only_its_part(tmp_path: Path):
 
 def test_finetuning_supervises_only_the_answer(tmp_path: Path):
     tokenizer = save_tokenizer(train_tokenizer(task_corpus(0, num_scenes=50)), tmp_path, 128)
-    example = conversation_example(tokenizer, "How many shapes are there?", "2", image_tokens=5)
+    turns = [("How many shapes are there?", "2"), ("Describe the image.", "a red circle and an orange square")]
+    example = conversation_example(tokenizer, turns, image_tokens=5)
     supervised = [(i, t) for i, t in enumerate(example.targets) if t != IGNORE]
-    answer = tokenizer.encode("2", add_bos=False) + [tokenizer.eos_token_id]
-    assert [t for _, t in supervised] == answer
-    assert [example.ids[i + 1] for i, _ in supervised] == answer  # each target is the next input token
+    answers = [t for _, a in turns for t in tokenizer.encode(a, add_bos=False) + [tokenizer.eos_token_id]]
+    assert [t for _, t in supervised] == answers
+    assert [example.ids[i + 1] for i, _ in supervised] == answers  # each target is the next input token
     assert example.ids.count(tokenizer.image_token_id) == 5
+    first = prompt_ids(tokenizer, turns[0][0], 5)
+    assert list(example.ids[:len(first)]) == first  # the first turn is what `neva ask` feeds the model
+    assert tokenizer.decode(example.ids[len(first):], skip_special_tokens=False) == \
+        "2 </s> user : describe the image. assistant : a red circle and an orange square </s>"
 
 
-def test_near_miss_changes_the_caption():
+@pytest.mark.parametrize("change", sorted(set(NEAR_MISSES)))
+def test_near_miss_changes_the_caption(change):
     rng = random.Random(random.randrange(2**32))
     for _ in range(200):
         scene = random_scene(rng)
-        assert caption(near_miss(scene, rng)) != caption(scene)
+        missed = near_miss(scene, rng, change)
+        assert caption(missed) != caption(scene)
+        if change != "layout":
+            assert len(missed.shapes) == len(scene.shapes)
+            changed = [(a, b) for a, b in zip(scene.shapes, missed.shapes) if a != b]
+            assert len(changed) == 1 and getattr(changed[0][0], change) != getattr(changed[0][1], change)
