@@ -1,9 +1,10 @@
 """Contrastive (CLIP) pretraining of the vision tower on (picture, caption) pairs of fresh scenes.
 
 A small caption encoder, used only here, embeds the captions. Besides the other captions of the batch, every
-picture is also contrasted with five near-miss captions of its own scene (one shape reshaped, thrice; one recoloured;
-two swapped, or one added or removed), so that the tower must see shape, colour, count and left-right order:
-random captions of a batch mostly differ in colours and counts, which the tower would otherwise learn alone.
+picture is also contrasted with five near-miss captions of its own scene (three with one shape reshaped, one
+with one recoloured, one with two swapped or one added or removed), so that the tower must see shape, colour,
+count and left-right order: random captions of a batch mostly differ in colours and counts, which the tower
+would otherwise learn alone (shape is by far the slowest to learn).
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ class PictureEncoder(nn.Module):
         return self.projection(self.tower.post_layernorm(last[:, 0]))
 
 
-NEAR_MISSES = ("kind", "kind", "kind", "color", "layout")  # shape is by far the slowest to learn: three of those
+NEAR_MISSES = ("kind", "kind", "kind", "color", "layout")
 
 
 def near_miss(scene: Scene, rng: random.Random, change: str) -> Scene:

@@ -1,4 +1,4 @@
-"""Scenes with their questions, and their pictures as the model sees them (drawn at assorted sizes, CLIP-preprocessed)."""
+"""Scenes with their questions, and their pictures as the model sees them (drawn at assorted sizes, preprocessed)."""
 from __future__ import annotations
 
 import random

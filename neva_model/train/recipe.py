@@ -22,7 +22,7 @@ class Recipe:
     clip: Stage = Stage(steps=1200, batch_size=128, lr=1e-3)
     lm: Stage = Stage(steps=150, batch_size=64, lr=2e-3)
     stage1: Stage = Stage(steps=150, batch_size=64, lr=2e-3)  # NeVA pretraining: the projector only
-    stage2: Stage = Stage(steps=1500, batch_size=64, lr=1e-3)  # NeVA finetuning: projector + language model
+    stage2: Stage = Stage(steps=2500, batch_size=64, lr=1.5e-3)  # NeVA finetuning: projector + language model
 
     def scaled(self, fraction: float) -> Recipe:
         """The same recipe with every stage's steps (and the scene pools) cut to `fraction`: for quick checks."""
