@@ -1,4 +1,7 @@
-"""The `neva` command: `neva ask --model DIR --image IMG "question"` answers a question about images.
+"""The `neva` command: `neva ask [--model DIR] --image IMG "question"` answers a question about images.
+
+Without --model it asks the default model shipped in the package (DEFAULT_MODEL: neva's own small NeVA trained
+on a shapes task by `python -m neva_model.train`).
 
 The answer goes to stdout (streamed with --stream), the timing line to stderr, errors to stderr with exit
 status 1.
@@ -22,13 +25,16 @@ from .sampling import SamplingParams
 from .tokenizer import load_tokenizer
 from .weights import DTYPES, load_neva
 
+DEFAULT_MODEL = Path(__file__).parent / "checkpoints" / "neva-shapes"
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neva", description="NeVA visual question answering on neva_kernels")
     commands = parser.add_subparsers(dest="command", required=True)
     ask = commands.add_parser("ask", help="answer a question about one or more images")
     ask.add_argument("question")
-    ask.add_argument("--model", required=True, type=Path, help="llava-hf checkpoint directory")
+    ask.add_argument("--model", type=Path, default=DEFAULT_MODEL,
+                     help="llava-hf checkpoint directory (default: the shipped neva-shapes model)")
     ask.add_argument("--image", action="append", required=True, help="image file (repeat for several)")
     ask.add_argument("--system", help="system text put before the conversation")
     ask.add_argument("--stream", action="store_true", help="print the answer token by token")

@@ -93,3 +93,11 @@ def test_ask_on_a_checkpoint_with_wrong_shapes_names_the_tensor(model_dir, image
     _, err = capsys.readouterr()
     assert status == 1
     assert "neva: error: tensor 'vision_tower.encoder.layers.0.mlp.fc1.bias' has shape [40]" in err
+
+
+def test_ask_without_model_uses_the_shipped_default(image_file, capsys):
+    from neva_model.cli import DEFAULT_MODEL
+    assert (DEFAULT_MODEL / "config.json").is_file() and (DEFAULT_MODEL / "tokenizer.json").is_file()
+    assert main(["ask", "--image", str(image_file), "--max-new-tokens", "4", "How many shapes are there?"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() and "decode" in err
