@@ -94,12 +94,18 @@ def ask(args) -> str:
     ids = tokenizer.expand_image_tokens(tokenizer.encode(prompt), config.image_tokens_per_image, len(args.image))
     # The model marks image rows with its config's image_token_index, whatever id the tokenizer gives "<image>".
     ids = [config.image_token_index if t == tokenizer.image_token_id else t for t in ids]
-    sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+    room = config.text.max_position_embeddings - len(ids)
+    if room < 1:
+        raise NevaError(f"the prompt takes {len(ids)} tokens, the model's context only "
+                        f"{config.text.max_position_embeddings}")
+    # As any generator, stop at the end of the model's context rather than refuse the question.
+    max_new_tokens = min(args.max_new_tokens, room)
+    sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                               top_p=args.top_p, seed=args.seed, stop=tuple(args.stop), ignore_eos=args.ignore_eos)
     # Ids past the tokenizer's vocabulary (llava-hf pads the embedding to 32064 rows) decode to nothing.
     detokenize = (lambda tokens: tokenizer.decode([t for t in tokens if t < tokenizer.vocab_size]))
     engine = Engine(model, max_batch_size=1, block_size=args.block_size, cuda_graph=args.cuda_graph,
-                    max_seq_len=min(len(ids) + args.max_new_tokens, config.text.max_position_embeddings),
+                    max_seq_len=len(ids) + max_new_tokens,
                     detokenize=detokenize)
     printed = []
 

@@ -101,3 +101,9 @@ def test_ask_without_model_uses_the_shipped_default(image_file, capsys):
     assert main(["ask", "--image", str(image_file), "--max-new-tokens", "4", "How many shapes are there?"]) == 0
     out, err = capsys.readouterr()
     assert out.strip() and "decode" in err
+
+
+def test_max_new_tokens_past_the_context_stops_at_the_context(image_file, capsys):
+    """The shipped model's context is 512 tokens: asking for more new tokens than fit is not an error."""
+    assert main(["ask", "--image", str(image_file), "--max-new-tokens", "100000", "Describe the image."]) == 0
+    assert capsys.readouterr().out.strip()
