@@ -192,8 +192,3 @@ def choose(op: str, device: torch.device, args: tuple, requested: str | None = N
 def choose_backward(op: str, forward_backend: str, device: torch.device, args: tuple) -> str:
     """The backend of a backward op: the forward's, when it has a backward kernel that can run, else torch."""
     return forward_backend if why_unable(op, forward_backend, device, args) is None else "torch"
-
-
-def availability(op: str, device: torch.device, args: tuple) -> dict[str, str | None]:
-    """For each backend: None if it can run `op(*args)`, else why not (used by the self-check table)."""
-    return {backend: why_unable(op, backend, device, args) for backend in BACKENDS}
