@@ -3,7 +3,8 @@
 Attention (bf16, FlashAttention's benchmark grid): head dim 64 and 128 with 2048 / head_dim heads, causal and
 not, sequence lengths 512 .. 16k at 16k tokens per batch. FLOPs as FlashAttention counts them: forward
 4 * S^2 * D * H * B, halved for causal; backward 2.5x the forward. Anchors: PyTorch SDPA with each of its
-flash, cuDNN and memory-efficient backends, and the flash-attn package where it is installed. A backward case
+flash, cuDNN and memory-efficient backends, and the flash-attn package where it is installed. On Hopper the cuda
+backend's mma.sync (sm80) forward is also measured as "neva-cuda-sm80", beside the per-device choice. A backward case
 times the gradient alone: each implementation runs its forward once (on its first, warm-up call) and keeps the
 graph.
 
@@ -63,6 +64,12 @@ def _try(name: str, call: Callable[[], object], implementations: dict, missing: 
 
 # ---- flash attention -----------------------------------------------------------------------------------
 
+def _why_no_sm80_on_hopper(q: torch.Tensor, args: tuple) -> str | None:
+    if q.device.type != "cuda" or torch.cuda.get_device_capability(q.device)[0] < 9:
+        return "not a Hopper GPU"
+    return backends.why_unable("flash_attention", "cuda", q.device, args)
+
+
 def _attention_case(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, backward: bool) -> Case:
     """q, k, v [B, S, H, D] (requires_grad when backward)."""
     batch, seqlen, heads, head_dim = q.shape
@@ -80,6 +87,12 @@ def _attention_case(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
                  missing)
         else:
             missing[name] = reason
+
+    if not backward and _why_no_sm80_on_hopper(q, args) is None:
+        # On Hopper neva-cuda is the wgmma kernel where it has the head dim; the mma.sync one is measured beside it.
+        qd, kd, vd = (t.detach() for t in (q, k, v))
+        _try("neva-cuda-sm80", lambda: torch.ops.neva_cuda.flash_attention_with_kernel(
+            qd, kd, vd, causal, head_dim ** -0.5, None, None, None, None, 80), implementations, missing)
 
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))  # SDPA's [B, H, S, D], the same memory
     for name, sdpa_backend in SDPA_BACKENDS.items():

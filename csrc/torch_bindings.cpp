@@ -37,6 +37,17 @@ TORCH_LIBRARY(neva_cuda, m) {
   // Writes k[i], v[i] into slot slot_mapping[i] of the caches, in place; slot -1 skips the token.
   m.def("append_kv_cache(Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slot_mapping) -> ()");
   m.impl("append_kv_cache", c10::DeviceType::CUDA, &neva::append_kv_cache);
+
+  // (out, lse): softmax(q k^T * softmax_scale) v per sequence and head; padded [B, S, H, D] or packed + cu_seqlens.
+  m.def("flash_attention(Tensor q, Tensor k, Tensor v, bool causal, float softmax_scale, Tensor? cu_seqlens_q, "
+        "Tensor? cu_seqlens_k, int? max_seqlen_q, int? max_seqlen_k) -> (Tensor, Tensor)");
+  m.impl("flash_attention", c10::DeviceType::CUDA, &neva::flash_attention);
+
+  // flash_attention with the kernel forced (0: per device, 80: mma.sync, 90: wgmma + TMA); tests, benchmarks.
+  m.def("flash_attention_with_kernel(Tensor q, Tensor k, Tensor v, bool causal, float softmax_scale, "
+        "Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, int? max_seqlen_q, int? max_seqlen_k, int kernel) -> "
+        "(Tensor, Tensor)");
+  m.impl("flash_attention_with_kernel", c10::DeviceType::CUDA, &neva::flash_attention_with_kernel);
 }
 
 // Importing neva_kernels._C loads this library, which runs the registration above; the module itself is empty.

@@ -49,6 +49,16 @@ DECODE_HEAD_DIMS = (64, 80, 96, 128, 256)
 DECODE_MAX_GROUP = 32
 
 
+# What the generated flash attention instances (scripts/generate_flash_attention_instances.py) compile.
+FLASH_HEAD_DIMS = (64, 80, 96, 128, 256)
+
+
+def _flash_attention_outputs(q: torch.Tensor, cu_seqlens_q: torch.Tensor | None):
+    """Empty (out, lse) of a flash attention call: lse [B, Hq, Sq] padded, [Hq, total_q] packed."""
+    lse_shape = (q.shape[1], q.shape[0]) if cu_seqlens_q is not None else (q.shape[0], q.shape[2], q.shape[1])
+    return q.new_empty(q.shape), q.new_empty(lse_shape, dtype=torch.float32)
+
+
 def _register_fakes() -> None:
     """Shapes and dtypes of the extension's ops without running them (FakeTensorMode, torch.compile)."""
     @torch.library.register_fake("neva_cuda::rms_norm")
@@ -66,6 +76,14 @@ def _register_fakes() -> None:
     @torch.library.register_fake("neva_cuda::paged_decode_attention_with_splits")
     def _(q, k_cache, v_cache, block_tables, seq_lens, softmax_scale, num_splits):
         return q.new_empty(q.shape)
+
+    @torch.library.register_fake("neva_cuda::flash_attention")
+    def _(q, k, v, causal, softmax_scale, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+        return _flash_attention_outputs(q, cu_seqlens_q)
+
+    @torch.library.register_fake("neva_cuda::flash_attention_with_kernel")
+    def _(q, k, v, causal, softmax_scale, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, kernel):
+        return _flash_attention_outputs(q, cu_seqlens_q)
 
     @torch.library.register_fake("neva_cuda::append_kv_cache")
     def _(k, v, k_cache, v_cache, slot_mapping):
@@ -96,6 +114,23 @@ def _decode_supports(q: torch.Tensor, k_cache: torch.Tensor, *_) -> str | None:
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            block_tables: torch.Tensor, seq_lens: torch.Tensor, softmax_scale: float) -> torch.Tensor:
     return torch.ops.neva_cuda.paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, softmax_scale)
+
+
+def _flash_attention_supports(q: torch.Tensor, *_) -> str | None:
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        return f"the cuda flash_attention kernels (tensor cores) take float16 or bfloat16, got {q.dtype}"
+    if q.shape[-1] not in FLASH_HEAD_DIMS:
+        return (f"the cuda flash_attention kernels are compiled for head_dim {', '.join(map(str, FLASH_HEAD_DIMS))}, "
+                f"got {q.shape[-1]}")
+    return None
+
+
+@backends.register("flash_attention", "cuda", supports=_flash_attention_supports)
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, softmax_scale: float,
+                    cu_seqlens_q: torch.Tensor | None = None, cu_seqlens_k: torch.Tensor | None = None,
+                    max_seqlen_q: int | None = None, max_seqlen_k: int | None = None):
+    return torch.ops.neva_cuda.flash_attention(q, k, v, causal, softmax_scale, cu_seqlens_q, cu_seqlens_k,
+                                               max_seqlen_q, max_seqlen_k)
 
 
 @backends.register("append_kv_cache", "cuda")

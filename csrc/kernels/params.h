@@ -55,4 +55,28 @@ struct AppendKvCacheParams {
   int64_t k_token_stride, k_head_stride, v_token_stride, v_head_stride;
 };
 
+// Flash attention forward over padded [batch, seq, heads, head_dim] or packed [tokens, heads, head_dim] + cu_seqlens
+// tensors. Strides are in elements; every row (one token of one head) has unit stride and starts 16-byte aligned.
+struct FlashAttentionParams {
+  const void* q;
+  const void* k;
+  const void* v;
+  void* out;                   // q's layout and dtype
+  float* lse;                  // natural-log log-sum-exp of the scaled scores per (batch, head, query row)
+  const int32_t* cu_seqlens_q; // [batch + 1] when packed (batch strides are then 0), else nullptr
+  const int32_t* cu_seqlens_k;
+  int64_t q_batch_stride, q_row_stride, q_head_stride;
+  int64_t k_batch_stride, k_row_stride, k_head_stride;
+  int64_t v_batch_stride, v_row_stride, v_head_stride;
+  int64_t out_batch_stride, out_row_stride, out_head_stride;
+  int64_t lse_batch_stride, lse_head_stride;  // rows of lse have unit stride
+  int batch, q_heads, kv_heads, head_dim;
+  int seqlen_q, seqlen_k;  // padded: the lengths; packed: seqlen_q is the longest query sequence (grid size)
+  bool causal;             // bottom-right aligned: query i sees keys j <= i + len_k - len_q
+  float scale_log2;        // softmax_scale * log2(e): the kernels exponentiate with exp2
+};
+
+// Which flash attention forward runs: picked per device, or forced (tests, benchmarks of the sm80 path on Hopper).
+enum class AttentionKernel { kAuto = 0, kSm80 = 80, kSm90 = 90 };
+
 }  // namespace neva

@@ -30,4 +30,12 @@ PagedDecodePlan plan_paged_decode(DType dtype, int head_dim, int64_t batch, int6
 
 cudaError_t launch_paged_decode_attention(DType dtype, const PagedDecodeParams& params, cudaStream_t stream);
 
+// Flash attention forward (float16 and bfloat16). flash_attention_kernel resolves kAuto for the current device and
+// returns the kernel that will run, or kAuto when `kernel` is not compiled for this head dim and device (then
+// flash_attention_head_dims lists the head dims it has).
+AttentionKernel flash_attention_kernel(AttentionKernel kernel, int head_dim);
+const char* flash_attention_head_dims(AttentionKernel kernel);
+cudaError_t launch_flash_attention(DType dtype, const FlashAttentionParams& params, AttentionKernel kernel,
+                                   cudaStream_t stream);
+
 }  // namespace neva

@@ -1,6 +1,7 @@
 // The torch-facing ops of the extension: tensor checks and dispatch only; registered in torch_bindings.cpp.
 #pragma once
 #include <initializer_list>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -27,6 +28,20 @@ int64_t decode_num_splits(int64_t batch, int64_t kv_heads, int64_t max_context, 
 
 void append_kv_cache(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache, at::Tensor& v_cache,
                      const at::Tensor& slot_mapping);
+
+// (out, lse) of softmax(q k^T * softmax_scale) v, padded or packed (cu_seqlens), causal bottom-right aligned, GQA;
+// the arguments of reference.flash_attention (max_seqlen_k sizes nothing here).
+std::tuple<at::Tensor, at::Tensor> flash_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                   bool causal, double softmax_scale,
+                                                   const std::optional<at::Tensor>& cu_seqlens_q,
+                                                   const std::optional<at::Tensor>& cu_seqlens_k,
+                                                   std::optional<int64_t> max_seqlen_q,
+                                                   std::optional<int64_t> max_seqlen_k);
+// The same with the kernel forced: 0 picks per device, 80 the mma.sync kernel, 90 the wgmma + TMA kernel.
+std::tuple<at::Tensor, at::Tensor> flash_attention_with_kernel(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool causal, double softmax_scale,
+    const std::optional<at::Tensor>& cu_seqlens_q, const std::optional<at::Tensor>& cu_seqlens_k,
+    std::optional<int64_t> max_seqlen_q, std::optional<int64_t> max_seqlen_k, int64_t kernel);
 
 // ---- checks shared by the ops (common.cpp) ----
 

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 import neva_kernels as nk
-from neva_kernels.cuda_backend import DECODE_HEAD_DIMS
+from neva_kernels.cuda_backend import DECODE_HEAD_DIMS, FLASH_HEAD_DIMS
 from tests.test_extension import CUOBJDUMP, needs_extension
 
 pytestmark = needs_extension
@@ -88,3 +88,30 @@ def test_sm90a_decode_uses_bulk_copies_on_an_mbarrier():
         assert "UBLKCP" in code, f"{name}: no cp.async.bulk in its sm_90a code"
         assert "SYNCS" in code, f"{name}: no mbarrier operation in its sm_90a code"
         assert "LDGSTS" not in code
+
+# ---- flash attention forward -------------------------------------------------------------------------------
+
+FLASH_SM80 = re.compile(r"_ZN4neva5flash25flash_forward_sm80_kernelI(6__half|13__nv_bfloat16)Li(\d+)ELb([01])EEEv"
+                        r"NS_20FlashAttentionParamsE")
+
+
+def flash_sm80_kernels(arch: str) -> dict[tuple[str, int, bool], str]:
+    """{(dtype, head dim, causal): SASS} of the mma.sync forward compiled for `arch`."""
+    return {(m.group(1), int(m.group(2)), m.group(3) == "1"): code for (a, name), code in sass().items()
+            if a == arch and (m := FLASH_SM80.fullmatch(name))}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_flash_attention_sm80_kernel_is_compiled_for_every_head_dim(arch):
+    # On Hopper it is the fallback for head dims the wgmma kernel lacks, and the sm80 path benchmarks measure.
+    expected = {(dtype, d, causal) for dtype in ("6__half", "13__nv_bfloat16") for d in FLASH_HEAD_DIMS
+                for causal in (False, True)}
+    assert set(flash_sm80_kernels(arch)) == expected
+
+
+@pytest.mark.skipif("sm_80" not in ARCHS, reason="not built for sm_80")
+def test_sm80_flash_attention_runs_on_tensor_cores_fed_by_cp_async():
+    for key, code in flash_sm80_kernels("sm_80").items():
+        assert "HMMA.16816.F32" in code, f"{key}: no mma.sync m16n8k16 with fp32 accumulation"
+        assert "LDGSTS" in code and "LDGDEPBAR" in code, f"{key}: K/V tiles not streamed by cp.async"
+        assert "LDSM.16.M88.4" in code and "LDSM.16.MT88.4" in code, f"{key}: no ldmatrix (plain and transposed)"

@@ -54,10 +54,15 @@ def per_sequence(fn, q, k, v, cu_q, cu_k, *args):
     return torch.cat(outs)
 
 
-def check_forward(q, k, v, causal, cu_q=None, cu_k=None, scale=None):
-    """Run the triton forward and compare out and lse with the float64 reference."""
+def check_forward(q, k, v, causal, cu_q=None, cu_k=None, scale=None, backend="triton"):
+    """Run the forward of `backend` and compare out and lse with the float64 reference."""
     scale = scale or 1 / math.sqrt(q.shape[-1])
-    out, lse = nk.flash_attention(q, k, v, causal, scale, cu_q, cu_k, return_lse=True, backend="triton")
+    out, lse = nk.flash_attention(q, k, v, causal, scale, cu_q, cu_k, return_lse=True, backend=backend)
+    check_outputs(out, lse, q, k, v, causal, cu_q, cu_k, scale)
+
+
+def check_outputs(out, lse, q, k, v, causal, cu_q, cu_k, scale):
+    """out and lse of one forward call against the float64 reference, by the tolerance rule."""
     truth_out, truth_lse = reference.flash_attention(q.double(), k.double(), v.double(), causal, scale, cu_q, cu_k)
     if cu_q is None:
         baseline = low_precision_attention(q, k, v, causal, scale)

@@ -1,0 +1,153 @@
+"""The cuda flash attention forward against the float64 reference, on a GPU, by the triton tests' rule and shapes.
+
+Every case runs on each kernel the device has: "sm80" (mma.sync, forced, also on Hopper) and the per-device
+choice (the wgmma kernel on sm_90a where it is compiled for the head dim). Outputs are poisoned (NaN) before the
+kernel runs. The CPU tests here check what needs no GPU: the generated instance files are current and the
+backend refuses what it has no kernel for, saying why.
+"""
+import inspect
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import neva_kernels as nk
+from neva_kernels import cuda_backend, reference
+from tests.helpers import strided
+from tests.test_extension import needs_extension
+from tests.triton.test_flash_attention import check_forward, check_outputs, packed_inputs
+
+DTYPES = [torch.bfloat16, torch.float16]
+KERNELS = {"sm80": 80, "auto": 0}
+# The triton compute-bound GPU shapes (batch, seqlen_q, seqlen_k, q heads, kv heads, head dim): GQA 1, 4, 4, 4.
+GPU_SHAPES = [(2, 1024, 1024, 16, 16, 64), (1, 2048, 2048, 32, 8, 128), (2, 513, 1537, 8, 2, 80),
+              (1, 1000, 1000, 4, 1, 256)]
+# Small shapes: Sq < Sk, Sq > Sk (causal rows that see no key), lengths no tile divides, every head dim.
+SMALL_SHAPES = [(2, 37, 53, 2, 2, 64), (1, 70, 40, 4, 1, 80), (2, 65, 65, 4, 1, 128), (1, 33, 45, 2, 1, 96),
+                (1, 33, 45, 2, 1, 256)]
+VARLEN_LENGTHS = ((1, 17, 300, 2048, 0, 777), (1, 300, 17, 2048, 5, 777))
+
+
+def run_kernel(kernel, q, k, v, causal, cu_q=None, cu_k=None, scale=None):
+    """(out, lse) of the extension's op with the kernel forced, compared with the reference."""
+    scale = scale or 1 / math.sqrt(q.shape[-1])
+    out, lse = torch.ops.neva_cuda.flash_attention_with_kernel(q, k, v, causal, scale, cu_q, cu_k, None, None, kernel)
+    check_outputs(out, lse, q, k, v, causal, cu_q, cu_k, scale)
+
+
+def padded_inputs(batch, sq, sk, hq, hkv, d, dtype):
+    q = torch.randn(batch, sq, hq, d, dtype=dtype, device="cuda")
+    k, v = (torch.randn(batch, sk, hkv, d, dtype=dtype, device="cuda") for _ in range(2))
+    return q, k, v
+
+
+# ---- on a GPU ------------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@needs_extension
+@pytest.mark.parametrize("kernel", KERNELS.values(), ids=KERNELS.keys())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("batch,sq,sk,hq,hkv,d", GPU_SHAPES)
+def test_padded_matches_reference(kernel, dtype, causal, batch, sq, sk, hq, hkv, d, poisoned_outputs):
+    run_kernel(kernel, *padded_inputs(batch, sq, sk, hq, hkv, d, dtype), causal)
+
+
+@pytest.mark.gpu
+@needs_extension
+@pytest.mark.parametrize("kernel", KERNELS.values(), ids=KERNELS.keys())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_packed_varlen_matches_reference(kernel, dtype, causal, poisoned_outputs):
+    q, k, v, cu_q, cu_k = packed_inputs(*VARLEN_LENGTHS, 32, 8, 128, dtype, device="cuda")
+    run_kernel(kernel, q, k, v, causal, cu_q, cu_k)
+
+
+@pytest.mark.gpu
+@pytest.mark.sanitizer
+@needs_extension
+@pytest.mark.parametrize("kernel", KERNELS.values(), ids=KERNELS.keys())
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("batch,sq,sk,hq,hkv,d", SMALL_SHAPES)
+def test_small_shapes(kernel, causal, batch, sq, sk, hq, hkv, d, poisoned_outputs):
+    run_kernel(kernel, *padded_inputs(batch, sq, sk, hq, hkv, d, torch.float16), causal)
+
+
+@pytest.mark.gpu
+@pytest.mark.sanitizer
+@needs_extension
+@pytest.mark.parametrize("kernel", KERNELS.values(), ids=KERNELS.keys())
+@pytest.mark.parametrize("causal", [False, True])
+def test_small_packed_batch(kernel, causal, poisoned_outputs):
+    q, k, v, cu_q, cu_k = packed_inputs((1, 17, 130, 0), (1, 130, 17, 0), 4, 2, 64, torch.bfloat16, device="cuda")
+    run_kernel(kernel, q, k, v, causal, cu_q, cu_k)
+
+
+@pytest.mark.gpu
+@needs_extension
+def test_public_op_with_strided_inputs_and_custom_scale(poisoned_outputs):
+    q = strided(torch.randn(2, 29, 4, 64, dtype=torch.bfloat16, device="cuda"))
+    k = torch.randn(2, 4, 31, 64, dtype=torch.bfloat16, device="cuda").transpose(1, 2)  # [B, S, H, D], strided
+    v = strided(torch.randn(2, 31, 4, 64, dtype=torch.bfloat16, device="cuda"))
+    check_forward(q, k, v, causal=True, scale=0.3, backend="cuda")
+
+
+@pytest.mark.gpu
+@needs_extension
+def test_no_keys_gives_zeros_and_minus_infinity(poisoned_outputs):
+    q, k, v = padded_inputs(2, 5, 0, 4, 2, 128, torch.float16)
+    out, lse = nk.flash_attention(q, k, v, return_lse=True, backend="cuda")
+    assert torch.equal(out, torch.zeros_like(out)) and bool((lse == -math.inf).all())
+    q, k, v, cu_q, cu_k = packed_inputs((0, 0), (0, 0), 4, 2, 128, torch.float16, device="cuda")
+    out, lse = nk.flash_attention(q, k, v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, return_lse=True, backend="cuda")
+    assert out.shape == (0, 4, 128) and lse.shape == (4, 0)
+
+
+@pytest.mark.gpu
+@needs_extension
+def test_opcheck(poisoned_outputs):
+    q, k, v = padded_inputs(1, 40, 40, 4, 2, 64, torch.bfloat16)
+    torch.library.opcheck(torch.ops.neva_cuda.flash_attention.default, (q, k, v, True, 0.125, None, None, None, None))
+    q, k, v, cu_q, cu_k = packed_inputs((3, 40), (5, 40), 4, 2, 64, torch.bfloat16, device="cuda")
+    torch.library.opcheck(torch.ops.neva_cuda.flash_attention.default, (q, k, v, False, 0.125, cu_q, cu_k, 40, 40))
+
+
+# ---- on any machine ------------------------------------------------------------------------------------
+
+@needs_extension
+def test_schema_takes_the_reference_arguments():
+    schema = torch.ops.neva_cuda.flash_attention.default._schema
+    assert [a.name for a in schema.arguments] == list(inspect.signature(reference.flash_attention).parameters)
+    forced = torch.ops.neva_cuda.flash_attention_with_kernel.default._schema
+    assert [a.name for a in forced.arguments] == [a.name for a in schema.arguments] + ["kernel"]
+
+
+@needs_extension
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fakes_give_the_shapes_and_dtypes(dtype):
+    with FakeTensorMode() as mode:
+        q = mode.from_tensor(torch.empty(2, 7, 8, 64, dtype=dtype))
+        k = mode.from_tensor(torch.empty(2, 9, 2, 64, dtype=dtype))
+        out, lse = torch.ops.neva_cuda.flash_attention(q, k, k, True, 0.1, None, None, None, None)
+        assert (out.shape, out.dtype, lse.shape, lse.dtype) == (q.shape, dtype, (2, 8, 7), torch.float32)
+        q, k = (mode.from_tensor(torch.empty(n, h, 128, dtype=dtype)) for n, h in ((11, 4), (13, 1)))
+        cu = mode.from_tensor(torch.tensor([0, 11], dtype=torch.int32))
+        out, lse = torch.ops.neva_cuda.flash_attention_with_kernel(q, k, k, False, 0.1, cu, cu, 11, 13, 80)
+        assert (out.shape, lse.shape) == (q.shape, (4, 11))
+
+
+def test_generated_instances_are_current():
+    script = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "generate_flash_attention_instances.py")
+    result = subprocess.run([sys.executable, script, "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, f"run `python scripts/generate_flash_attention_instances.py`:\n{result.stdout}"
+
+
+@pytest.mark.parametrize("dtype,d,reason", [(torch.float32, 64, "float16 or bfloat16"),
+                                            (torch.float16, 40, "compiled for head_dim")])
+def test_unsupported_calls_say_why(dtype, d, reason):
+    q = torch.empty(1, 4, 2, d, dtype=dtype)
+    assert reason in cuda_backend._flash_attention_supports(q, q, q)
