@@ -48,6 +48,16 @@ TORCH_LIBRARY(neva_cuda, m) {
         "Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, int? max_seqlen_q, int? max_seqlen_k, int kernel) -> "
         "(Tensor, Tensor)");
   m.impl("flash_attention_with_kernel", c10::DeviceType::CUDA, &neva::flash_attention_with_kernel);
+
+  // inputs_embeds[image_token_mask] = Linear(w2, b2)(GELU(Linear(w1, b1)(image_features))), row i to set row i.
+  m.def("project_image_tokens(Tensor image_features, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
+        "Tensor(a!) inputs_embeds, Tensor image_token_mask) -> ()");
+  m.impl("project_image_tokens", c10::DeviceType::CUDA, &neva::project_image_tokens);
+
+  // project_image_tokens with the GEMM kernel forced (0: per device, 80: mma.sync, 90: wgmma + TMA); for tests.
+  m.def("project_image_tokens_with_kernel(Tensor image_features, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
+        "Tensor(a!) inputs_embeds, Tensor image_token_mask, int kernel) -> ()");
+  m.impl("project_image_tokens_with_kernel", c10::DeviceType::CUDA, &neva::project_image_tokens_with_kernel);
 }
 
 // Importing neva_kernels._C loads this library, which runs the registration above; the module itself is empty.

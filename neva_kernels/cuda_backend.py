@@ -89,6 +89,14 @@ def _register_fakes() -> None:
     def _(k, v, k_cache, v_cache, slot_mapping):
         return None
 
+    @torch.library.register_fake("neva_cuda::project_image_tokens")
+    def _(image_features, w1, b1, w2, b2, inputs_embeds, image_token_mask):
+        return None
+
+    @torch.library.register_fake("neva_cuda::project_image_tokens_with_kernel")
+    def _(image_features, w1, b1, w2, b2, inputs_embeds, image_token_mask, kernel):
+        return None
+
 
 if LOAD_ERROR is None:
     _register_fakes()
@@ -137,3 +145,15 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
 def append_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                     slot_mapping: torch.Tensor) -> None:
     torch.ops.neva_cuda.append_kv_cache(k, v, k_cache, v_cache, slot_mapping)
+
+
+def _projector_supports(image_features: torch.Tensor, *_) -> str | None:
+    if image_features.dtype not in (torch.float16, torch.bfloat16):
+        return f"the cuda projector GEMMs (tensor cores) take float16 or bfloat16, got {image_features.dtype}"
+    return None
+
+
+@backends.register("project_image_tokens", "cuda", supports=_projector_supports)
+def project_image_tokens(image_features: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
+                         b2: torch.Tensor | None, inputs_embeds: torch.Tensor, image_token_mask: torch.Tensor) -> None:
+    torch.ops.neva_cuda.project_image_tokens(image_features, w1, b1, w2, b2, inputs_embeds, image_token_mask)

@@ -79,4 +79,22 @@ struct FlashAttentionParams {
 // Which flash attention forward runs: picked per device, or forced (tests, benchmarks of the sm80 path on Hopper).
 enum class AttentionKernel { kAuto = 0, kSm80 = 80, kSm90 = 90 };
 
+// One projector GEMM: out[out_rows[i]] = act(x[i] @ w^T + bias) for i < m (out_rows null: out[i]), with
+// x [m, k] and w [n, k] (nn.Linear's layout), act = GELU (erf) or identity, float32 accumulation.
+// Preconditions (the ops layer ensures them, zero-padding copies when needed): x, w and out have unit stride
+// along their last dim; k is a multiple of 8 and x and w start 16-byte aligned with row strides of a multiple
+// of 16 bytes (whole 16-byte chunks, TMA's rules); out_rows[i] < 0 skips row i.
+struct LinearParams {
+  const void* x;
+  const void* w;
+  const void* bias;  // [n] or nullptr
+  void* out;
+  const int64_t* out_rows;  // [m] or nullptr
+  int64_t m, n, k, x_row_stride, w_row_stride, out_row_stride;
+  bool gelu;
+};
+
+// Which projector GEMM kernel runs: picked per device, or forced (tests, benchmarks of the sm80 path on Hopper).
+enum class GemmKernel { kAuto = 0, kSm80 = 80, kSm90 = 90 };
+
 }  // namespace neva

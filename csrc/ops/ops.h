@@ -43,6 +43,16 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_with_kernel(
     const std::optional<at::Tensor>& cu_seqlens_q, const std::optional<at::Tensor>& cu_seqlens_k,
     std::optional<int64_t> max_seqlen_q, std::optional<int64_t> max_seqlen_k, int64_t kernel);
 
+// inputs_embeds rows where image_token_mask is set = Linear(w2, b2)(GELU(Linear(w1, b1)(image_features))), in place.
+void project_image_tokens(const at::Tensor& image_features, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
+                          const at::Tensor& w2, const std::optional<at::Tensor>& b2, at::Tensor& inputs_embeds,
+                          const at::Tensor& image_token_mask);
+// The same with the GEMM kernel forced: 0 picks per device, 80 the mma.sync kernel, 90 the wgmma + TMA kernel.
+void project_image_tokens_with_kernel(const at::Tensor& image_features, const at::Tensor& w1,
+                                      const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+                                      const std::optional<at::Tensor>& b2, at::Tensor& inputs_embeds,
+                                      const at::Tensor& image_token_mask, int64_t kernel);
+
 // ---- checks shared by the ops (common.cpp) ----
 
 using NamedTensors = std::initializer_list<std::pair<const char*, const at::Tensor*>>;

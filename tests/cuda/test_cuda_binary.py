@@ -115,3 +115,25 @@ def test_sm80_flash_attention_runs_on_tensor_cores_fed_by_cp_async():
         assert "HMMA.16816.F32" in code, f"{key}: no mma.sync m16n8k16 with fp32 accumulation"
         assert "LDGSTS" in code and "LDGDEPBAR" in code, f"{key}: K/V tiles not streamed by cp.async"
         assert "LDSM.16.M88.4" in code and "LDSM.16.MT88.4" in code, f"{key}: no ldmatrix (plain and transposed)"
+
+
+# ---- projector GEMMs -------------------------------------------------------------------------------------
+
+def projector_kernels(arch: str, path: str) -> dict[str, str]:
+    """{mangled name: SASS} of the projector GEMM kernel `path` ("sm80" or "sm90") compiled for `arch`."""
+    return {name: code for (a, name), code in sass().items() if a == arch and f"gemm_{path}13linear_kernel" in name}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_projector_sm80_gemm_is_compiled_for_both_dtypes(arch):
+    # On Hopper it is what the sm80 path's benchmark measures.
+    names = projector_kernels(arch, "sm80")
+    assert len(names) == 2 and any("6__half" in n for n in names) and any("13__nv_bfloat16" in n for n in names)
+
+
+@pytest.mark.skipif("sm_80" not in ARCHS, reason="not built for sm_80")
+def test_sm80_projector_gemm_runs_on_tensor_cores_fed_by_cp_async():
+    for name, code in projector_kernels("sm_80", "sm80").items():
+        assert "HMMA.16816.F32" in code, f"{name}: no mma.sync m16n8k16 with fp32 accumulation"
+        assert "LDGSTS" in code and "LDGDEPBAR" in code, f"{name}: tiles not streamed by cp.async"
+        assert "LDSM.16.M88.4" in code, f"{name}: no ldmatrix"
