@@ -10,7 +10,8 @@ graph.
 
 Projector (bf16, LLaVA-1.5-7B): 576 tokens per image, CLIP-L 1024 -> 4096 -> 4096, 1/8/32 images, written into
 the image-token rows of the prompt embeddings; anchors: PyTorch eager as HF transformers runs it (linear,
-GELU, linear, masked_scatter) and a plain cuBLAS matmul chain of the same FLOPs (no bias, GELU or scatter).
+GELU, linear, masked_scatter) and a plain cuBLAS matmul chain of the same FLOPs (no bias, GELU or scatter); on
+Hopper also the cuda backend's mma.sync (sm80) kernel as "neva-cuda-sm80".
 
 quick: tiny float32 shapes on CPU (neva's Triton kernels only under TRITON_INTERPRET=1; an anchor that cannot
 run on the device is recorded in `missing` with the reason, as on a GPU).
@@ -64,10 +65,10 @@ def _try(name: str, call: Callable[[], object], implementations: dict, missing: 
 
 # ---- flash attention -----------------------------------------------------------------------------------
 
-def _why_no_sm80_on_hopper(q: torch.Tensor, args: tuple) -> str | None:
-    if q.device.type != "cuda" or torch.cuda.get_device_capability(q.device)[0] < 9:
+def _why_no_sm80_on_hopper(op: str, device: torch.device, args: tuple) -> str | None:
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 9:
         return "not a Hopper GPU"
-    return backends.why_unable("flash_attention", "cuda", q.device, args)
+    return backends.why_unable(op, "cuda", device, args)
 
 
 def _attention_case(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, backward: bool) -> Case:
@@ -88,7 +89,7 @@ def _attention_case(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
         else:
             missing[name] = reason
 
-    if not backward and _why_no_sm80_on_hopper(q, args) is None:
+    if not backward and _why_no_sm80_on_hopper("flash_attention", q.device, args) is None:
         # On Hopper neva-cuda is the wgmma kernel where it has the head dim; the mma.sync one is measured beside it.
         qd, kd, vd = (t.detach() for t in (q, k, v))
         _try("neva-cuda-sm80", lambda: torch.ops.neva_cuda.flash_attention_with_kernel(
@@ -145,6 +146,11 @@ def _projector_case(images: int, tokens: int, vision: int, text: int, dtype: tor
             _try(name, lambda b=backend: nk.project_image_tokens(*args, backend=b), implementations, missing)
         else:
             missing[name] = reason
+
+    if _why_no_sm80_on_hopper("project_image_tokens", device, args) is None:
+        # On Hopper neva-cuda is the wgmma + TMA kernel; the mma.sync one is measured beside it.
+        _try("neva-cuda-sm80", lambda: torch.ops.neva_cuda.project_image_tokens_with_kernel(*args, 80),
+             implementations, missing)
 
     def eager():
         rows = F.linear(F.gelu(F.linear(features.reshape(-1, vision), w1, b1)), w2, b2)

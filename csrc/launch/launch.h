@@ -38,10 +38,11 @@ const char* flash_attention_head_dims(AttentionKernel kernel);
 cudaError_t launch_flash_attention(DType dtype, const FlashAttentionParams& params, AttentionKernel kernel,
                                    cudaStream_t stream);
 
-// The projector GEMMs (float16 and bfloat16): the mma.sync kernel; whether the wgmma + TMA kernel runs on the
-// current device (Hopper, with an sm_90a build); and launch_linear, which runs the kernel `kernel` names (kAuto:
-// the best one the current device runs).
+// The projector GEMMs (float16 and bfloat16): the mma.sync kernel; the wgmma + TMA kernel and whether it runs on
+// the current device (Hopper, with an sm_90a build); and launch_linear, which runs the kernel `kernel` names
+// (kAuto: the wgmma kernel where it runs, else the mma.sync one).
 cudaError_t launch_linear_sm80(DType dtype, const LinearParams& params, cudaStream_t stream);
+cudaError_t launch_linear_sm90(DType dtype, const LinearParams& params, cudaStream_t stream);
 bool linear_sm90_runs_here();
 cudaError_t launch_linear(DType dtype, const LinearParams& params, GemmKernel kernel, cudaStream_t stream);
 

@@ -2,13 +2,12 @@
 
 namespace neva {
 
-bool linear_sm90_runs_here() { return false; }  // the wgmma + TMA kernel is not written yet
-
 cudaError_t launch_linear(DType dtype, const LinearParams& params, GemmKernel kernel, cudaStream_t stream) {
+  if (kernel == GemmKernel::kAuto) kernel = linear_sm90_runs_here() ? GemmKernel::kSm90 : GemmKernel::kSm80;
   switch (kernel) {
-    case GemmKernel::kAuto:
     case GemmKernel::kSm80: return launch_linear_sm80(dtype, params, stream);
-    case GemmKernel::kSm90: return cudaErrorNotSupported;
+    case GemmKernel::kSm90: return launch_linear_sm90(dtype, params, stream);
+    case GemmKernel::kAuto: break;
   }
   return cudaErrorInvalidValue;
 }

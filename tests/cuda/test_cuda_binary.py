@@ -137,3 +137,14 @@ def test_sm80_projector_gemm_runs_on_tensor_cores_fed_by_cp_async():
         assert "HMMA.16816.F32" in code, f"{name}: no mma.sync m16n8k16 with fp32 accumulation"
         assert "LDGSTS" in code and "LDGDEPBAR" in code, f"{name}: tiles not streamed by cp.async"
         assert "LDSM.16.M88.4" in code, f"{name}: no ldmatrix"
+
+
+@pytest.mark.skipif("sm_90a" not in ARCHS, reason="not built for sm_90a")
+def test_sm90a_projector_gemm_runs_wgmma_on_tma_tiles():
+    kernels = projector_kernels("sm_90a", "sm90")
+    assert len(kernels) == 2
+    for name, code in kernels.items():
+        assert "HGMMA.64x256x16.F32" in code, f"{name}: no wgmma m64n256k16 with fp32 accumulation"
+        assert "UTMALDG.2D" in code, f"{name}: tiles not loaded by TMA"
+        assert "SYNCS.PHASECHK" in code, f"{name}: no mbarrier wait"
+        assert "HMMA" not in code and "LDGSTS" not in code
