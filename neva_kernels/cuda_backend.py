@@ -49,8 +49,10 @@ DECODE_HEAD_DIMS = (64, 80, 96, 128, 256)
 DECODE_MAX_GROUP = 32
 
 
-# What the generated flash attention instances (scripts/generate_flash_attention_instances.py) compile.
+# What the generated flash attention instances (scripts/generate_flash_attention_instances.py) compile: the
+# mma.sync (sm80) kernel for all, the wgmma (sm90) kernel, picked on compute capability 9.0, for some.
 FLASH_HEAD_DIMS = (64, 80, 96, 128, 256)
+FLASH_SM90_HEAD_DIMS = (64, 128)
 
 
 def _flash_attention_outputs(q: torch.Tensor, cu_seqlens_q: torch.Tensor | None):

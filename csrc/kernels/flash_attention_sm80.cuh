@@ -13,8 +13,6 @@
 #pragma once
 #include <cuda_runtime.h>
 
-#include <cmath>
-
 #include "flash_attention_common.cuh"
 #include "tensor_core_sm80.cuh"
 
@@ -86,8 +84,7 @@ __global__ void __launch_bounds__(Sm80Config<kHeadDim>::kThreads)
   const int lm_row = lane % 8, lm_matrix = lane / 8;
 
   float o[kOTiles][4] = {};
-  float row_max[2] = {-INFINITY, -INFINITY};
-  float row_sum[2] = {0.f, 0.f};  // this thread's share; the quad's shares are summed at the end
+  OnlineSoftmax softmax;
 
   const auto load_kv = [&](int tile) {
     const int n0 = tile * kBlockN, stage = tile % kStages;
@@ -147,54 +144,16 @@ __global__ void __launch_bounds__(Sm80Config<kHeadDim>::kThreads)
         }
       }
 
-      if (n0 + kBlockN > keys.unmasked_end) {
-#pragma unroll
-        for (int nt = 0; nt < kSTiles; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int row = row0 + (e / 2) * 8, col = n0 + nt * 8 + 2 * t + e % 2;
-            if (!key_visible(kCausal, row, col, seq.len_q, seq.len_k)) s[nt][e] = -INFINITY;
-          }
-        }
-      }
-
-      // Online softmax per row (r = 0: row0, r = 1: row0 + 8); a row is spread over the 4 lanes of a quad.
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float tile_max = -INFINITY;
-#pragma unroll
-        for (int nt = 0; nt < kSTiles; ++nt) tile_max = fmaxf(tile_max, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
-        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-        const float new_max = fmaxf(row_max[r], tile_max * p.scale_log2);
-        // A row that has seen no key yet keeps max -inf: subtract 0 instead, so exp2 gives 0 rather than NaN.
-        const float subtract = new_max == -INFINITY ? 0.f : new_max;
-        const float alpha = fast_exp2(row_max[r] - subtract);
-        row_max[r] = new_max;
-        float sum = 0.f;
-#pragma unroll
-        for (int nt = 0; nt < kSTiles; ++nt) {
-#pragma unroll
-          for (int e = 2 * r; e < 2 * r + 2; ++e) {
-            s[nt][e] = fast_exp2(fmaf(s[nt][e], p.scale_log2, -subtract));
-            sum += s[nt][e];
-          }
-        }
-        row_sum[r] = row_sum[r] * alpha + sum;
-#pragma unroll
-        for (int ot = 0; ot < kOTiles; ++ot) {
-          o[ot][2 * r] *= alpha;
-          o[ot][2 * r + 1] *= alpha;
-        }
-      }
+      if (n0 + kBlockN > keys.unmasked_end) mask_scores(s, kCausal, row0, n0, seq.len_q, seq.len_k);
+      float alpha[2];
+      softmax.update(s, p.scale_log2, alpha);
+      OnlineSoftmax::rescale(o, alpha);
 
       // O += P V: the S accumulators of key n-tiles 2j, 2j+1 are exactly the A fragment of key chunk j.
 #pragma unroll
       for (int kc = 0; kc < kBlockN / 16; ++kc) {
-        const uint32_t a[4] = {sm80::pack_pair<T>(s[2 * kc][0], s[2 * kc][1]),
-                               sm80::pack_pair<T>(s[2 * kc][2], s[2 * kc][3]),
-                               sm80::pack_pair<T>(s[2 * kc + 1][0], s[2 * kc + 1][1]),
-                               sm80::pack_pair<T>(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+        uint32_t a[4];
+        probabilities_fragment<T>(a, s, kc);
 #pragma unroll
         for (int dp = 0; dp < kOTiles / 2; ++dp) {
           uint32_t b[4];
@@ -211,21 +170,17 @@ __global__ void __launch_bounds__(Sm80Config<kHeadDim>::kThreads)
 
   // Epilogue: O / l through shared memory (the first stage) to 16-byte row stores; lse = (max + log2 l) ln 2.
   T* const o_tile = ring + warp * 16 * kStride;
+  float inv_sum[2], lse[2];
+  softmax.finish(inv_sum, lse);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    float sum = row_sum[r];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    const float inv = sum == 0.f ? 0.f : 1.f / sum;  // a row that sees no key gets zeros
 #pragma unroll
     for (int ot = 0; ot < kOTiles; ++ot) {
       *reinterpret_cast<uint32_t*>(o_tile + (g + 8 * r) * kStride + ot * 8 + 2 * t) =
-          sm80::pack_pair<T>(o[ot][2 * r] * inv, o[ot][2 * r + 1] * inv);
+          sm80::pack_pair<T>(o[ot][2 * r] * inv_sum[r], o[ot][2 * r + 1] * inv_sum[r]);
     }
     const int row = m0 + warp * 16 + g + 8 * r;
-    if (t == 0 && row < seq.len_q) {
-      seq.lse[row] = sum == 0.f ? -INFINITY : (row_max[r] + log2f(sum)) * 0.69314718055994531f;
-    }
+    if (t == 0 && row < seq.len_q) seq.lse[row] = lse[r];
   }
   __syncwarp();  // a warp stores back only the rows it wrote
   constexpr int kChunksPerRow = kHeadDim / 8;

@@ -72,6 +72,7 @@ struct FlashAttentionParams {
   int64_t lse_batch_stride, lse_head_stride;  // rows of lse have unit stride
   int batch, q_heads, kv_heads, head_dim;
   int seqlen_q, seqlen_k;  // padded: the lengths; packed: seqlen_q is the longest query sequence (grid size)
+  int total_q, total_k;    // packed: the token rows of q and of k/v (bounds of the sm90 kernel's tensor maps)
   bool causal;             // bottom-right aligned: query i sees keys j <= i + len_k - len_q
   float scale_log2;        // softmax_scale * log2(e): the kernels exponentiate with exp2
 };

@@ -1,16 +1,39 @@
 // The flash attention forward dispatcher: (kernel, dtype, head dim) -> one of the generated instances in
 // flash_attention_instances/ (this file only declares them, so it compiles in seconds).
+#include <cstring>
 #include <type_traits>
 
 #include "dispatch.cuh"
 #include "flash_attention_instances/instances.h"
 #include "launch.h"
 
+#ifndef NEVA_CUDA_ARCHS
+#define NEVA_CUDA_ARCHS "unknown"
+#endif
+
 namespace neva {
 namespace {
 
+template <typename Dispatch>
+bool compiled(Dispatch dispatch, int head_dim) {
+  return dispatch(head_dim, [](auto) { return cudaSuccess; }) == cudaSuccess;
+}
+
 bool sm80_compiled(int head_dim) {
-  return flash::with_sm80_head_dim(head_dim, [](auto) { return cudaSuccess; }) == cudaSuccess;
+  return compiled([](int d, auto f) { return flash::with_sm80_head_dim(d, f); }, head_dim);
+}
+
+// The wgmma kernel needs the sm_90a cubin, which the driver picks on compute capability 9.0 exactly.
+bool sm90_runs_here(int head_dim) {
+  if (std::strstr(NEVA_CUDA_ARCHS, "sm_90a") == nullptr) return false;
+  if (!compiled([](int d, auto f) { return flash::with_sm90_head_dim(d, f); }, head_dim)) return false;
+  int device = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+    return false;
+  }
+  return major == 9 && minor == 0;
 }
 
 }  // namespace
@@ -18,14 +41,16 @@ bool sm80_compiled(int head_dim) {
 AttentionKernel flash_attention_kernel(AttentionKernel kernel, int head_dim) {
   switch (kernel) {
     case AttentionKernel::kAuto:
+      if (sm90_runs_here(head_dim)) return AttentionKernel::kSm90;
+      return sm80_compiled(head_dim) ? AttentionKernel::kSm80 : AttentionKernel::kAuto;
     case AttentionKernel::kSm80: return sm80_compiled(head_dim) ? AttentionKernel::kSm80 : AttentionKernel::kAuto;
-    case AttentionKernel::kSm90: return AttentionKernel::kAuto;
+    case AttentionKernel::kSm90: return sm90_runs_here(head_dim) ? AttentionKernel::kSm90 : AttentionKernel::kAuto;
   }
   return AttentionKernel::kAuto;
 }
 
 const char* flash_attention_head_dims(AttentionKernel kernel) {
-  return kernel == AttentionKernel::kSm90 ? "none" : flash::kSm80HeadDims;
+  return kernel == AttentionKernel::kSm90 ? flash::kSm90HeadDims : flash::kSm80HeadDims;
 }
 
 cudaError_t launch_flash_attention(DType dtype, const FlashAttentionParams& params, AttentionKernel kernel,
@@ -34,11 +59,16 @@ cudaError_t launch_flash_attention(DType dtype, const FlashAttentionParams& para
     using T = decltype(tag);
     if constexpr (std::is_same_v<T, float>) {
       return cudaErrorInvalidValue;  // the tiles are sized for 16-bit operands
-    } else {
-      if (kernel != AttentionKernel::kSm80) return cudaErrorInvalidValue;
+    } else if (kernel == AttentionKernel::kSm90) {
+      return flash::with_sm90_head_dim(params.head_dim, [&](auto head_dim) {
+        return flash::flash_forward_sm90<T, decltype(head_dim)::value>(params, stream);
+      });
+    } else if (kernel == AttentionKernel::kSm80) {
       return flash::with_sm80_head_dim(params.head_dim, [&](auto head_dim) {
         return flash::flash_forward_sm80<T, decltype(head_dim)::value>(params, stream);
       });
+    } else {
+      return cudaErrorInvalidValue;  // kAuto must be resolved by flash_attention_kernel first
     }
   });
 }

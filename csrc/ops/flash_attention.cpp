@@ -134,6 +134,8 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_with_kernel(
     TORCH_CHECK(max_q >= 0 && max_q <= q.size(0), kOp, ": 'max_seqlen_q' must be in 0..", q.size(0),
                 " (the query tokens), got ", max_q);
     p.seqlen_q = static_cast<int>(max_q);  // sizes the grid; the lengths come from cu_seqlens
+    p.total_q = static_cast<int>(q.size(0));
+    p.total_k = static_cast<int>(k.size(0));
   } else {
     p.batch = static_cast<int>(q.size(0));
     p.seqlen_q = static_cast<int>(q.size(1));

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 import neva_kernels as nk
-from neva_kernels.cuda_backend import DECODE_HEAD_DIMS, FLASH_HEAD_DIMS
+from neva_kernels.cuda_backend import DECODE_HEAD_DIMS, FLASH_HEAD_DIMS, FLASH_SM90_HEAD_DIMS
 from tests.test_extension import CUOBJDUMP, needs_extension
 
 pytestmark = needs_extension
@@ -89,32 +89,48 @@ def test_sm90a_decode_uses_bulk_copies_on_an_mbarrier():
         assert "SYNCS" in code, f"{name}: no mbarrier operation in its sm_90a code"
         assert "LDGSTS" not in code
 
+
 # ---- flash attention forward -------------------------------------------------------------------------------
 
-FLASH_SM80 = re.compile(r"_ZN4neva5flash25flash_forward_sm80_kernelI(6__half|13__nv_bfloat16)Li(\d+)ELb([01])EEEv"
-                        r"NS_20FlashAttentionParamsE")
+FLASH_KERNEL = re.compile(r"_ZN4neva5flash25flash_forward_(sm80|sm90)_kernelI(6__half|13__nv_bfloat16)Li(\d+)"
+                          r"ELb([01])EEEvN.*")
 
 
-def flash_sm80_kernels(arch: str) -> dict[tuple[str, int, bool], str]:
-    """{(dtype, head dim, causal): SASS} of the mma.sync forward compiled for `arch`."""
-    return {(m.group(1), int(m.group(2)), m.group(3) == "1"): code for (a, name), code in sass().items()
-            if a == arch and (m := FLASH_SM80.fullmatch(name))}
+def flash_kernels(arch: str, path: str) -> dict[tuple[str, int, bool], str]:
+    """{(dtype, head dim, causal): SASS} of the flash attention forward `path` ("sm80", "sm90") compiled for `arch`."""
+    return {(m.group(2), int(m.group(3)), m.group(4) == "1"): code for (a, name), code in sass().items()
+            if a == arch and (m := FLASH_KERNEL.fullmatch(name)) and m.group(1) == path}
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
-def test_flash_attention_sm80_kernel_is_compiled_for_every_head_dim(arch):
-    # On Hopper it is the fallback for head dims the wgmma kernel lacks, and the sm80 path benchmarks measure.
-    expected = {(dtype, d, causal) for dtype in ("6__half", "13__nv_bfloat16") for d in FLASH_HEAD_DIMS
-                for causal in (False, True)}
-    assert set(flash_sm80_kernels(arch)) == expected
+def test_flash_attention_kernels_are_compiled_for_their_head_dims(arch):
+    # The sm80 kernel is also Hopper's fallback for head dims the wgmma kernel lacks, and the sm80 path benchmarks
+    # measure there; the sm90 instances of the sm_80 cubin are empty (their body needs sm_90a).
+    for path, head_dims in (("sm80", FLASH_HEAD_DIMS), ("sm90", FLASH_SM90_HEAD_DIMS)):
+        expected = {(dtype, d, causal) for dtype in ("6__half", "13__nv_bfloat16") for d in head_dims
+                    for causal in (False, True)}
+        assert set(flash_kernels(arch, path)) == expected, path
 
 
 @pytest.mark.skipif("sm_80" not in ARCHS, reason="not built for sm_80")
 def test_sm80_flash_attention_runs_on_tensor_cores_fed_by_cp_async():
-    for key, code in flash_sm80_kernels("sm_80").items():
+    for key, code in flash_kernels("sm_80", "sm80").items():
         assert "HMMA.16816.F32" in code, f"{key}: no mma.sync m16n8k16 with fp32 accumulation"
         assert "LDGSTS" in code and "LDGDEPBAR" in code, f"{key}: K/V tiles not streamed by cp.async"
         assert "LDSM.16.M88.4" in code and "LDSM.16.MT88.4" in code, f"{key}: no ldmatrix (plain and transposed)"
+
+
+@pytest.mark.skipif("sm_90a" not in ARCHS, reason="not built for sm_90a")
+def test_sm90a_flash_attention_runs_wgmma_on_tma_tiles_in_specialized_warpgroups():
+    for (dtype, head_dim, causal), code in flash_kernels("sm_90a", "sm90").items():
+        key = (dtype, head_dim, causal)
+        assert "HGMMA.64x128x16.F32" in code, f"{key}: no wgmma m64n128k16 (S = Q K^T) with fp32 accumulation"
+        assert f"HGMMA.64x{head_dim}x16.F32" in code, f"{key}: no wgmma m64n{head_dim}k16 (O += P V)"
+        assert "UTMALDG.4D" in code, f"{key}: Q/K/V tiles not loaded by TMA"
+        assert "SYNCS.PHASECHK" in code, f"{key}: no mbarrier wait"
+        assert "USETMAXREG" in code, f"{key}: no setmaxnreg (producer / consumer register split)"
+        assert "HMMA" not in code and "LDGSTS" not in code
+
 
 
 # ---- projector GEMMs -------------------------------------------------------------------------------------

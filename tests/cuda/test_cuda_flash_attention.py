@@ -1,7 +1,7 @@
 """The cuda flash attention forward against the float64 reference, on a GPU, by the triton tests' rule and shapes.
 
-Every case runs on each kernel the device has: "sm80" (mma.sync, forced, also on Hopper) and the per-device
-choice (the wgmma kernel on sm_90a where it is compiled for the head dim). Outputs are poisoned (NaN) before the
+Every case runs on each kernel: "sm80" (mma.sync, forced, also on Hopper), "sm90" (wgmma + TMA, forced; skipped
+off compute capability 9.0 and for head dims it lacks) and the per-device choice. Outputs are poisoned (NaN) before the
 kernel runs. The CPU tests here check what needs no GPU: the generated instance files are current and the
 backend refuses what it has no kernel for, saying why.
 """
@@ -22,7 +22,7 @@ from tests.test_extension import needs_extension
 from tests.triton.test_flash_attention import check_forward, check_outputs, packed_inputs
 
 DTYPES = [torch.bfloat16, torch.float16]
-KERNELS = {"sm80": 80, "auto": 0}
+KERNELS = {"sm80": 80, "sm90": 90, "auto": 0}
 # The triton compute-bound GPU shapes (batch, seqlen_q, seqlen_k, q heads, kv heads, head dim): GQA 1, 4, 4, 4.
 GPU_SHAPES = [(2, 1024, 1024, 16, 16, 64), (1, 2048, 2048, 32, 8, 128), (2, 513, 1537, 8, 2, 80),
               (1, 1000, 1000, 4, 1, 256)]
@@ -34,6 +34,9 @@ VARLEN_LENGTHS = ((1, 17, 300, 2048, 0, 777), (1, 300, 17, 2048, 5, 777))
 
 def run_kernel(kernel, q, k, v, causal, cu_q=None, cu_k=None, scale=None):
     """(out, lse) of the extension's op with the kernel forced, compared with the reference."""
+    if kernel == 90 and (torch.cuda.get_device_capability() != (9, 0)
+                         or q.shape[-1] not in cuda_backend.FLASH_SM90_HEAD_DIMS):
+        pytest.skip(f"the sm90 kernel runs on compute capability 9.0 for head dims {cuda_backend.FLASH_SM90_HEAD_DIMS}")
     scale = scale or 1 / math.sqrt(q.shape[-1])
     out, lse = torch.ops.neva_cuda.flash_attention_with_kernel(q, k, v, causal, scale, cu_q, cu_k, None, None, kernel)
     check_outputs(out, lse, q, k, v, causal, cu_q, cu_k, scale)
@@ -105,6 +108,15 @@ def test_no_keys_gives_zeros_and_minus_infinity(poisoned_outputs):
     q, k, v, cu_q, cu_k = packed_inputs((0, 0), (0, 0), 4, 2, 128, torch.float16, device="cuda")
     out, lse = nk.flash_attention(q, k, v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, return_lse=True, backend="cuda")
     assert out.shape == (0, 4, 128) and lse.shape == (4, 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.gpu
+@needs_extension
+def test_sm90_forced_off_hopper_or_for_other_head_dims_says_why():
+    q, k, v = padded_inputs(1, 8, 8, 2, 2, 80, torch.float16)
+    with pytest.raises(RuntimeError, match="no sm90 cuda kernel for head_dim 80"):
+        torch.ops.neva_cuda.flash_attention_with_kernel(q, k, v, False, 0.1, None, None, None, None, 90)
 
 
 @pytest.mark.gpu

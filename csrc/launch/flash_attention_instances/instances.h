@@ -29,5 +29,21 @@ cudaError_t with_sm80_head_dim(int head_dim, F&& f) {
   return cudaErrorInvalidValue;
 }
 
+// Defined in kernels/flash_attention_sm90.cuh; instantiated in forward_sm90_hdim*_*.cu.
+template <typename T, int kHeadDim>
+cudaError_t flash_forward_sm90(const FlashAttentionParams& params, cudaStream_t stream);
+
+inline constexpr const char* kSm90HeadDims = "64, 128";
+
+// f gets std::integral_constant<int, head_dim> for the head dims compiled for sm90.
+template <typename F>
+cudaError_t with_sm90_head_dim(int head_dim, F&& f) {
+  switch (head_dim) {
+    case 64: return f(std::integral_constant<int, 64>{});
+    case 128: return f(std::integral_constant<int, 128>{});
+  }
+  return cudaErrorInvalidValue;
+}
+
 }  // namespace flash
 }  // namespace neva
