@@ -45,7 +45,7 @@ __device__ __forceinline__ void fence_operands(R (&r)[N]) {
   "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), \
       "+f"(d[i + 7])
 #define NEVA_FA_D32 NEVA_FA_F8(0), NEVA_FA_F8(8), NEVA_FA_F8(16), NEVA_FA_F8(24)
-#define NEVA_FA_D64 NEVA_FA_F8(0), NEVA_FA_F8(8), NEVA_FA_F8(16), NEVA_FA_F8(24), NEVA_FA_F8(32), NEVA_FA_F8(40), NEVA_FA_F8(48), NEVA_FA_F8(56)
+#define NEVA_FA_D64 NEVA_FA_D32, NEVA_FA_F8(32), NEVA_FA_F8(40), NEVA_FA_F8(48), NEVA_FA_F8(56)
 #define NEVA_FA_R32 \
   "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
   "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
