@@ -26,9 +26,10 @@ KERNELS = {"sm80": 80, "sm90": 90, "auto": 0}
 # The triton compute-bound GPU shapes (batch, seqlen_q, seqlen_k, q heads, kv heads, head dim): GQA 1, 4, 4, 4.
 GPU_SHAPES = [(2, 1024, 1024, 16, 16, 64), (1, 2048, 2048, 32, 8, 128), (2, 513, 1537, 8, 2, 80),
               (1, 1000, 1000, 4, 1, 256)]
-# Small shapes: Sq < Sk, Sq > Sk (causal rows that see no key), lengths no tile divides, every head dim.
+# Small shapes: Sq < Sk, Sq > Sk (causal rows that see no key), lengths no tile divides, every head dim, GQA 8,
+# one token.
 SMALL_SHAPES = [(2, 37, 53, 2, 2, 64), (1, 70, 40, 4, 1, 80), (2, 65, 65, 4, 1, 128), (1, 33, 45, 2, 1, 96),
-                (1, 33, 45, 2, 1, 256)]
+                (1, 33, 45, 2, 1, 256), (1, 130, 130, 8, 1, 64), (3, 1, 1, 4, 4, 128)]
 VARLEN_LENGTHS = ((1, 17, 300, 2048, 0, 777), (1, 300, 17, 2048, 5, 777))
 
 
