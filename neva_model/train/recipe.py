@@ -19,10 +19,10 @@ class Recipe:
     seed: int = 0
     train_scenes: int = 10000  # the pool the NeVA stages draw from (their vision features are computed once)
     eval_scenes: int = 500  # fresh scenes, from a seed the training never uses
-    clip: Stage = Stage(steps=1200, batch_size=128, lr=1e-3)
+    clip: Stage = Stage(steps=2500, batch_size=128, lr=1e-3)
     lm: Stage = Stage(steps=150, batch_size=64, lr=2e-3)
     stage1: Stage = Stage(steps=150, batch_size=64, lr=2e-3)  # NeVA pretraining: the projector only
-    stage2: Stage = Stage(steps=2500, batch_size=64, lr=1.5e-3)  # NeVA finetuning: projector + language model
+    stage2: Stage = Stage(steps=3000, batch_size=64, lr=1.5e-3)  # NeVA finetuning: projector + language model
 
     def scaled(self, fraction: float) -> Recipe:
         """The same recipe with every stage's steps (and the scene pools) cut to `fraction`: for quick checks."""
