@@ -11,7 +11,7 @@ from ..model import Neva
 from ..sampling import SamplingParams
 from ..tokenizer import NevaTokenizer
 from .pool import ScenePool
-from .scenes import QUESTION_TYPES
+from .scenes import QA, QUESTION_TYPES
 from .sequences import prompt_ids
 
 MAX_ANSWER_TOKENS = 24  # the longest caption is 17 tokens with its EOS
@@ -34,18 +34,27 @@ def answer(model: Neva, tokenizer: NevaTokenizer, asked: list[Asked], batch_size
     return engine.generate(requests)
 
 
-def accuracy_by_type(model: Neva, tokenizer: NevaTokenizer, pool: ScenePool, batch_size: int = 64) -> dict:
-    """{question type: {"correct", "total", "accuracy"}} over every question of every scene of the pool."""
-    asked, expected, kinds = [], [], []
+def questions_of(pool: ScenePool) -> tuple[list[Asked], list[QA]]:
+    """Every question of every scene of the pool, with its picture, and the questions with their true answers."""
+    asked, qas = [], []
     pixels = [p[i:i + 1] for p in pool.picture_chunks() for i in range(len(p))]
-    for picture, qas in zip(pixels, pool.qas):
-        for qa in qas:
+    for picture, scene_qas in zip(pixels, pool.qas):
+        for qa in scene_qas:
             asked.append(Asked(qa.question, picture))
-            expected.append(qa.answer)
-            kinds.append(qa.kind)
-    completions = answer(model, tokenizer, asked, batch_size)
-    correct, total = Counter(), Counter(kinds)
-    for kind, completion, truth in zip(kinds, completions, expected):
-        correct[kind] += completion.text == truth
+            qas.append(qa)
+    return asked, qas
+
+
+def score(qas: list[QA], completions: list[Completion]) -> dict:
+    """{question type: {"correct", "total", "accuracy"}}: an answer is correct when it is exactly the true one."""
+    correct, total = Counter(), Counter(qa.kind for qa in qas)
+    for qa, completion in zip(qas, completions):
+        correct[qa.kind] += completion.text == qa.answer
     return {kind: {"correct": correct[kind], "total": total[kind], "accuracy": correct[kind] / total[kind]}
             for kind in QUESTION_TYPES if total[kind]}
+
+
+def accuracy_by_type(model: Neva, tokenizer: NevaTokenizer, pool: ScenePool, batch_size: int = 64) -> dict:
+    """score() of the greedy answers to every question of every scene of the pool."""
+    asked, qas = questions_of(pool)
+    return score(qas, answer(model, tokenizer, asked, batch_size))
