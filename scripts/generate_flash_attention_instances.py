@@ -33,18 +33,17 @@ def instance_file(arch: str, head_dim: int, dtype: str) -> str:
 
 def instances_header() -> str:
     lines = [HEADER, "// The compiled flash attention forward instances, declared for the dispatcher.\n",
-             "#pragma once\n#include <cuda_runtime.h>\n\n#include <type_traits>\n\n"
-             "#include \"../../kernels/params.h\"\n\nnamespace neva {\nnamespace flash {\n"]
+             "#pragma once\n#include <cuda_runtime.h>\n\n"
+             "#include \"../../kernels/params.h\"\n#include \"../dispatch.cuh\"\n\nnamespace neva {\nnamespace flash {\n"]
     for arch, (_, head_dims) in ARCHS.items():
         lines.append(f"\n// Defined in kernels/{ARCHS[arch][0]}; instantiated in forward_{arch}_hdim*_*.cu.\n"
                      f"template <typename T, int kHeadDim>\ncudaError_t flash_forward_{arch}("
                      f"const FlashAttentionParams& params, cudaStream_t stream);\n")
-        cases = "".join(f"    case {d}: return f(std::integral_constant<int, {d}>{{}});\n" for d in head_dims)
         lines.append(f"\ninline constexpr const char* k{arch.capitalize()}HeadDims = "
                      f"\"{', '.join(map(str, head_dims))}\";\n\n"
                      f"// f gets std::integral_constant<int, head_dim> for the head dims compiled for {arch}.\n"
                      f"template <typename F>\ncudaError_t with_{arch}_head_dim(int head_dim, F&& f) {{\n"
-                     f"  switch (head_dim) {{\n{cases}  }}\n  return cudaErrorInvalidValue;\n}}\n")
+                     f"  return with_head_dim<{', '.join(map(str, head_dims))}>(head_dim, f);\n}}\n")
     lines.append("\n}  // namespace flash\n}  // namespace neva\n")
     return "".join(lines)
 

@@ -162,6 +162,39 @@ struct OnlineSoftmax {
   }
 };
 
+// The epilogue of one warp's 16 query rows, sequence rows [first_row, first_row + 16): O / l rounded to T into
+// shared memory at staged(r, col) (r: the warp's row 0..15), the LSE, then 16-byte row stores to seq.out (rows
+// past the sequence skipped). staged() is each kernel's own layout (padded rows on sm80, swizzled on sm90).
+template <int kHeadDim, typename T, typename Staged>
+__device__ __forceinline__ void store_warp_output(const float (&o)[kHeadDim / 8][4], const OnlineSoftmax& softmax,
+                                                  const SequenceHead<T>& seq, int64_t out_row_stride,
+                                                  int first_row, Staged staged) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  float inv_sum[2], lse[2];
+  softmax.finish(inv_sum, lse);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+#pragma unroll
+    for (int j = 0; j < kHeadDim / 8; ++j) {
+      *reinterpret_cast<uint32_t*>(staged(g + 8 * r, j * 8 + 2 * t)) =
+          sm80::pack_pair<T>(o[j][2 * r] * inv_sum[r], o[j][2 * r + 1] * inv_sum[r]);
+    }
+    const int row = first_row + g + 8 * r;
+    if (t == 0 && row < seq.len_q) seq.lse[row] = lse[r];
+  }
+  __syncwarp();  // a warp stores back only the rows it wrote
+  constexpr int kChunksPerRow = kHeadDim / 8;
+#pragma unroll
+  for (int i = 0; i < 16 * kChunksPerRow / 32; ++i) {
+    const int chunk = i * 32 + lane;
+    const int r = chunk / kChunksPerRow, col = chunk % kChunksPerRow * 8;
+    if (first_row + r < seq.len_q) {
+      *reinterpret_cast<uint4*>(seq.out + (first_row + r) * out_row_stride + col) =
+          *reinterpret_cast<const uint4*>(staged(r, col));
+    }
+  }
+}
+
 // The A fragment (16 x 16 keys, 16-bit) of P V for keys 16 kc .. 16 kc + 15: probabilities of 8-key tiles 2 kc and
 // 2 kc + 1, re-packed; no shuffle, the accumulator layout is already the operand layout.
 template <typename T, int kTiles>

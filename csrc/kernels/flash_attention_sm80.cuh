@@ -79,7 +79,7 @@ __global__ void __launch_bounds__(Sm80Config<kHeadDim>::kThreads)
   const int n_tiles = (keys.end + kBlockN - 1) / kBlockN;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int g = lane / 4, t = lane % 4;
+  const int g = lane / 4;  // the accumulator fragment row of this lane (and g + 8)
   // ldmatrix addressing: lane l gives row l % 8 of matrix l / 8.
   const int lm_row = lane % 8, lm_matrix = lane / 8;
 
@@ -170,30 +170,8 @@ __global__ void __launch_bounds__(Sm80Config<kHeadDim>::kThreads)
 
   // Epilogue: O / l through shared memory (the first stage) to 16-byte row stores; lse = (max + log2 l) ln 2.
   T* const o_tile = ring + warp * 16 * kStride;
-  float inv_sum[2], lse[2];
-  softmax.finish(inv_sum, lse);
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-#pragma unroll
-    for (int ot = 0; ot < kOTiles; ++ot) {
-      *reinterpret_cast<uint32_t*>(o_tile + (g + 8 * r) * kStride + ot * 8 + 2 * t) =
-          sm80::pack_pair<T>(o[ot][2 * r] * inv_sum[r], o[ot][2 * r + 1] * inv_sum[r]);
-    }
-    const int row = m0 + warp * 16 + g + 8 * r;
-    if (t == 0 && row < seq.len_q) seq.lse[row] = lse[r];
-  }
-  __syncwarp();  // a warp stores back only the rows it wrote
-  constexpr int kChunksPerRow = kHeadDim / 8;
-#pragma unroll
-  for (int i = 0; i < 16 * kChunksPerRow / 32; ++i) {
-    const int chunk = i * 32 + lane;
-    const int r = chunk / kChunksPerRow, col = chunk % kChunksPerRow * 8;
-    const int row = m0 + warp * 16 + r;
-    if (row < seq.len_q) {
-      *reinterpret_cast<uint4*>(seq.out + row * p.out_row_stride + col) =
-          *reinterpret_cast<const uint4*>(o_tile + r * kStride + col);
-    }
-  }
+  store_warp_output<kHeadDim>(o, softmax, seq, p.out_row_stride, m0 + warp * 16,
+                              [&](int r, int col) { return o_tile + r * kStride + col; });
 }
 
 template <typename T, int kHeadDim>

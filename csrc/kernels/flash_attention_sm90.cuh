@@ -211,29 +211,8 @@ __global__ void __launch_bounds__(Sm90Config<kHeadDim>::kThreads, 1)
   const auto staged = [&](int row, int col) {  // row in the block's tile, col in the head dim
     return q_tile + ((col / kCols) * kBlockM + row) * kCols + (((col % kCols) / 8) ^ (row % 8)) * 8 + col % 8;
   };
-  float inv_sum[2], lse[2];
-  softmax.finish(inv_sum, lse);
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-#pragma unroll
-    for (int j = 0; j < kHeadDim / 8; ++j) {
-      *reinterpret_cast<uint32_t*>(staged(warp_row + g + 8 * r, j * 8 + 2 * t)) =
-          sm80::pack_pair<T>(o[j][2 * r] * inv_sum[r], o[j][2 * r + 1] * inv_sum[r]);
-    }
-    if (t == 0 && row0 + 8 * r < seq.len_q) seq.lse[row0 + 8 * r] = lse[r];
-  }
-  __syncwarp();  // a warp stores back only the rows it wrote
-  constexpr int kChunksPerRow = kHeadDim / 8;
-#pragma unroll
-  for (int i = 0; i < 16 * kChunksPerRow / 32; ++i) {
-    const int chunk = i * 32 + lane;
-    const int r = chunk / kChunksPerRow, col = chunk % kChunksPerRow * 8;
-    const int row = m0 + warp_row + r;
-    if (row < seq.len_q) {
-      *reinterpret_cast<uint4*>(seq.out + row * p.out_row_stride + col) =
-          *reinterpret_cast<const uint4*>(staged(warp_row + r, col));
-    }
-  }
+  store_warp_output<kHeadDim>(o, softmax, seq, p.out_row_stride, m0 + warp_row,
+                              [&](int r, int col) { return staged(warp_row + r, col); });
 #endif
 }
 

@@ -1,8 +1,11 @@
-// Compile-time dispatch of the launchers: the storage type of a DType (f gets a value of that type as a tag).
+// Compile-time dispatch of the launchers: the storage type of a DType (f gets a value of that type as a tag),
+// and a runtime head dim among the compiled ones (f gets std::integral_constant<int, head_dim>).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+
+#include <type_traits>
 
 #include "../kernels/params.h"
 
@@ -16,6 +19,14 @@ cudaError_t with_storage_type(DType dtype, F&& f) {
     case DType::kFloat32: return f(float{});
   }
   return cudaErrorInvalidValue;
+}
+
+// f(std::integral_constant<int, head_dim>{}) when head_dim is one of kHeadDims, else cudaErrorInvalidValue.
+template <int... kHeadDims, typename F>
+cudaError_t with_head_dim(int head_dim, F&& f) {
+  cudaError_t result = cudaErrorInvalidValue;
+  ((head_dim == kHeadDims && (result = f(std::integral_constant<int, kHeadDims>{}), true)) || ...);
+  return result;
 }
 
 }  // namespace neva

@@ -12,23 +12,16 @@ constexpr int kMinTokensPerSplit = 256;
 constexpr int kMaxSplits = 64;
 constexpr int kWaves = 2;  // blocks per SM the split heuristic aims for
 
-// f gets std::integral_constant<int, head_dim> for the compiled head dimensions.
+// The head dims compiled (cuda_backend.DECODE_HEAD_DIMS on the Python side).
 template <typename F>
-cudaError_t with_head_dim(int head_dim, F&& f) {
-  switch (head_dim) {
-    case 64: return f(std::integral_constant<int, 64>{});
-    case 80: return f(std::integral_constant<int, 80>{});
-    case 96: return f(std::integral_constant<int, 96>{});
-    case 128: return f(std::integral_constant<int, 128>{});
-    case 256: return f(std::integral_constant<int, 256>{});
-  }
-  return cudaErrorInvalidValue;
+cudaError_t with_decode_head_dim(int head_dim, F&& f) {
+  return with_head_dim<64, 80, 96, 128, 256>(head_dim, f);
 }
 
 }  // namespace
 
 bool paged_decode_supports_head_dim(int head_dim) {
-  return with_head_dim(head_dim, [](auto) { return cudaSuccess; }) == cudaSuccess;
+  return with_decode_head_dim(head_dim, [](auto) { return cudaSuccess; }) == cudaSuccess;
 }
 
 // Enough blocks for kWaves per SM, but no split shorter than kMinTokensPerSplit tokens of the longest possible
@@ -60,7 +53,7 @@ PagedDecodePlan plan_paged_decode(DType dtype, int head_dim, int64_t batch, int6
 
 cudaError_t launch_paged_decode_attention(DType dtype, const PagedDecodeParams& params, cudaStream_t stream) {
   return with_storage_type(dtype, [&](auto tag) {
-    return with_head_dim(params.head_dim, [&](auto head_dim) {
+    return with_decode_head_dim(params.head_dim, [&](auto head_dim) {
       return paged_decode_attention<decltype(tag), decltype(head_dim)::value>(params, stream);
     });
   });

@@ -3,9 +3,8 @@
 #pragma once
 #include <cuda_runtime.h>
 
-#include <type_traits>
-
 #include "../../kernels/params.h"
+#include "../dispatch.cuh"
 
 namespace neva {
 namespace flash {
@@ -19,14 +18,7 @@ inline constexpr const char* kSm80HeadDims = "64, 80, 96, 128, 256";
 // f gets std::integral_constant<int, head_dim> for the head dims compiled for sm80.
 template <typename F>
 cudaError_t with_sm80_head_dim(int head_dim, F&& f) {
-  switch (head_dim) {
-    case 64: return f(std::integral_constant<int, 64>{});
-    case 80: return f(std::integral_constant<int, 80>{});
-    case 96: return f(std::integral_constant<int, 96>{});
-    case 128: return f(std::integral_constant<int, 128>{});
-    case 256: return f(std::integral_constant<int, 256>{});
-  }
-  return cudaErrorInvalidValue;
+  return with_head_dim<64, 80, 96, 128, 256>(head_dim, f);
 }
 
 // Defined in kernels/flash_attention_sm90.cuh; instantiated in forward_sm90_hdim*_*.cu.
@@ -38,11 +30,7 @@ inline constexpr const char* kSm90HeadDims = "64, 128";
 // f gets std::integral_constant<int, head_dim> for the head dims compiled for sm90.
 template <typename F>
 cudaError_t with_sm90_head_dim(int head_dim, F&& f) {
-  switch (head_dim) {
-    case 64: return f(std::integral_constant<int, 64>{});
-    case 128: return f(std::integral_constant<int, 128>{});
-  }
-  return cudaErrorInvalidValue;
+  return with_head_dim<64, 128>(head_dim, f);
 }
 
 }  // namespace flash
