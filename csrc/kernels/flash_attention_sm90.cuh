@@ -120,7 +120,7 @@ __global__ void __launch_bounds__(Sm90Config<kHeadDim>::kThreads, 1)
   // ---- consumer warpgroups ----
   sm90::setmaxnreg_inc<C::kConsumerRegisters>();
   const int consumer = threadIdx.x / 128 - 1, tid = threadIdx.x % 128;
-  const int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int warp = tid / 32, g = tid % 32 / 4;  // g: the accumulator fragment row of this lane (and g + 8)
   const int warp_row = consumer * 64 + warp * 16;  // the warp's first row in the block's tile
   const int row0 = m0 + warp_row + g;              // sequence rows of this thread: row0 and row0 + 8
   float o[kHeadDim / 8][4] = {};

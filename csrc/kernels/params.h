@@ -77,8 +77,9 @@ struct FlashAttentionParams {
   float scale_log2;        // softmax_scale * log2(e): the kernels exponentiate with exp2
 };
 
-// Which flash attention forward runs: picked per device, or forced (tests, benchmarks of the sm80 path on Hopper).
-enum class AttentionKernel { kAuto = 0, kSm80 = 80, kSm90 = 90 };
+// Which architecture's kernel of a compute-bound op (flash attention, projector GEMM) runs: picked per device, or
+// forced (tests, benchmarks of the sm80 path on Hopper). The values are what the ops' `kernel` argument takes.
+enum class KernelPath { kAuto = 0, kSm80 = 80, kSm90 = 90 };
 
 // One projector GEMM: out[out_rows[i]] = act(x[i] @ w^T + bias) for i < m (out_rows null: out[i]), with
 // x [m, k] and w [n, k] (nn.Linear's layout), act = GELU (erf) or identity, float32 accumulation.
@@ -94,8 +95,5 @@ struct LinearParams {
   int64_t m, n, k, x_row_stride, w_row_stride, out_row_stride;
   bool gelu;
 };
-
-// Which projector GEMM kernel runs: picked per device, or forced (tests, benchmarks of the sm80 path on Hopper).
-enum class GemmKernel { kAuto = 0, kSm80 = 80, kSm90 = 90 };
 
 }  // namespace neva

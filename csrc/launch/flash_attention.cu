@@ -38,32 +38,32 @@ bool sm90_runs_here(int head_dim) {
 
 }  // namespace
 
-AttentionKernel flash_attention_kernel(AttentionKernel kernel, int head_dim) {
+KernelPath flash_attention_kernel(KernelPath kernel, int head_dim) {
   switch (kernel) {
-    case AttentionKernel::kAuto:
-      if (sm90_runs_here(head_dim)) return AttentionKernel::kSm90;
-      return sm80_compiled(head_dim) ? AttentionKernel::kSm80 : AttentionKernel::kAuto;
-    case AttentionKernel::kSm80: return sm80_compiled(head_dim) ? AttentionKernel::kSm80 : AttentionKernel::kAuto;
-    case AttentionKernel::kSm90: return sm90_runs_here(head_dim) ? AttentionKernel::kSm90 : AttentionKernel::kAuto;
+    case KernelPath::kAuto:
+      if (sm90_runs_here(head_dim)) return KernelPath::kSm90;
+      return sm80_compiled(head_dim) ? KernelPath::kSm80 : KernelPath::kAuto;
+    case KernelPath::kSm80: return sm80_compiled(head_dim) ? KernelPath::kSm80 : KernelPath::kAuto;
+    case KernelPath::kSm90: return sm90_runs_here(head_dim) ? KernelPath::kSm90 : KernelPath::kAuto;
   }
-  return AttentionKernel::kAuto;
+  return KernelPath::kAuto;
 }
 
-const char* flash_attention_head_dims(AttentionKernel kernel) {
-  return kernel == AttentionKernel::kSm90 ? flash::kSm90HeadDims : flash::kSm80HeadDims;
+const char* flash_attention_head_dims(KernelPath kernel) {
+  return kernel == KernelPath::kSm90 ? flash::kSm90HeadDims : flash::kSm80HeadDims;
 }
 
-cudaError_t launch_flash_attention(DType dtype, const FlashAttentionParams& params, AttentionKernel kernel,
+cudaError_t launch_flash_attention(DType dtype, const FlashAttentionParams& params, KernelPath kernel,
                                    cudaStream_t stream) {
   return with_storage_type(dtype, [&](auto tag) {
     using T = decltype(tag);
     if constexpr (std::is_same_v<T, float>) {
       return cudaErrorInvalidValue;  // the tiles are sized for 16-bit operands
-    } else if (kernel == AttentionKernel::kSm90) {
+    } else if (kernel == KernelPath::kSm90) {
       return flash::with_sm90_head_dim(params.head_dim, [&](auto head_dim) {
         return flash::flash_forward_sm90<T, decltype(head_dim)::value>(params, stream);
       });
-    } else if (kernel == AttentionKernel::kSm80) {
+    } else if (kernel == KernelPath::kSm80) {
       return flash::with_sm80_head_dim(params.head_dim, [&](auto head_dim) {
         return flash::flash_forward_sm80<T, decltype(head_dim)::value>(params, stream);
       });

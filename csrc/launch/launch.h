@@ -33,9 +33,9 @@ cudaError_t launch_paged_decode_attention(DType dtype, const PagedDecodeParams& 
 // Flash attention forward (float16 and bfloat16). flash_attention_kernel resolves kAuto for the current device and
 // returns the kernel that will run, or kAuto when `kernel` is not compiled for this head dim and device (then
 // flash_attention_head_dims lists the head dims it has).
-AttentionKernel flash_attention_kernel(AttentionKernel kernel, int head_dim);
-const char* flash_attention_head_dims(AttentionKernel kernel);
-cudaError_t launch_flash_attention(DType dtype, const FlashAttentionParams& params, AttentionKernel kernel,
+KernelPath flash_attention_kernel(KernelPath kernel, int head_dim);
+const char* flash_attention_head_dims(KernelPath kernel);
+cudaError_t launch_flash_attention(DType dtype, const FlashAttentionParams& params, KernelPath kernel,
                                    cudaStream_t stream);
 
 // The projector GEMMs (float16 and bfloat16): the mma.sync kernel; the wgmma + TMA kernel and whether it runs on
@@ -44,6 +44,6 @@ cudaError_t launch_flash_attention(DType dtype, const FlashAttentionParams& para
 cudaError_t launch_linear_sm80(DType dtype, const LinearParams& params, cudaStream_t stream);
 cudaError_t launch_linear_sm90(DType dtype, const LinearParams& params, cudaStream_t stream);
 bool linear_sm90_runs_here();
-cudaError_t launch_linear(DType dtype, const LinearParams& params, GemmKernel kernel, cudaStream_t stream);
+cudaError_t launch_linear(DType dtype, const LinearParams& params, KernelPath kernel, cudaStream_t stream);
 
 }  // namespace neva

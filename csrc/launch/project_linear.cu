@@ -2,12 +2,12 @@
 
 namespace neva {
 
-cudaError_t launch_linear(DType dtype, const LinearParams& params, GemmKernel kernel, cudaStream_t stream) {
-  if (kernel == GemmKernel::kAuto) kernel = linear_sm90_runs_here() ? GemmKernel::kSm90 : GemmKernel::kSm80;
+cudaError_t launch_linear(DType dtype, const LinearParams& params, KernelPath kernel, cudaStream_t stream) {
+  if (kernel == KernelPath::kAuto) kernel = linear_sm90_runs_here() ? KernelPath::kSm90 : KernelPath::kSm80;
   switch (kernel) {
-    case GemmKernel::kSm80: return launch_linear_sm80(dtype, params, stream);
-    case GemmKernel::kSm90: return launch_linear_sm90(dtype, params, stream);
-    case GemmKernel::kAuto: break;
+    case KernelPath::kSm80: return launch_linear_sm80(dtype, params, stream);
+    case KernelPath::kSm90: return launch_linear_sm90(dtype, params, stream);
+    case KernelPath::kAuto: break;
   }
   return cudaErrorInvalidValue;
 }

@@ -83,10 +83,10 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_with_kernel(
               ": 'kernel' must be 0 (per device), 80 (mma.sync) or 90 (wgmma + TMA), got ", kernel_choice);
   const c10::cuda::CUDAGuard guard(q_in.device());
   const int64_t head_dim = q_in.size(-1);
-  const auto requested = static_cast<AttentionKernel>(kernel_choice);
-  const AttentionKernel kernel = flash_attention_kernel(requested, static_cast<int>(head_dim));
-  TORCH_CHECK(kernel != AttentionKernel::kAuto, kOp, ": no ",
-              requested == AttentionKernel::kAuto ? "" : (requested == AttentionKernel::kSm80 ? "sm80 " : "sm90 "),
+  const auto requested = static_cast<KernelPath>(kernel_choice);
+  const KernelPath kernel = flash_attention_kernel(requested, static_cast<int>(head_dim));
+  TORCH_CHECK(kernel != KernelPath::kAuto, kOp, ": no ",
+              requested == KernelPath::kAuto ? "" : (requested == KernelPath::kSm80 ? "sm80 " : "sm90 "),
               "cuda kernel for head_dim ", head_dim, " on this device (compiled head dims: ",
               flash_attention_head_dims(requested), ")");
 

@@ -45,7 +45,7 @@ const void* bias_pointer(const char* name, const std::optional<at::Tensor>& bias
 
 void run(const at::Tensor& image_features, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
          const at::Tensor& w2, const std::optional<at::Tensor>& b2, at::Tensor& inputs_embeds,
-         const at::Tensor& image_token_mask, GemmKernel kernel) {
+         const at::Tensor& image_token_mask, KernelPath kernel) {
   TORCH_CHECK(image_features.dim() == 2 || image_features.dim() == 3, kOp,
               ": 'image_features' must be [N, vision_dim] or [images, tokens, vision_dim], got ",
               image_features.sizes());
@@ -80,7 +80,7 @@ void run(const at::Tensor& image_features, const at::Tensor& w1, const std::opti
   const int64_t rows = x.size(0);
   if (rows == 0 || text == 0) return;
   const c10::cuda::CUDAGuard guard(x.device());
-  TORCH_CHECK(kernel != GemmKernel::kSm90 || linear_sm90_runs_here(), kOp,
+  TORCH_CHECK(kernel != KernelPath::kSm90 || linear_sm90_runs_here(), kOp,
               ": the wgmma + TMA kernel (90) runs on Hopper GPUs from an sm_90a build only, not on this ",
               x.device(), " (build: " NEVA_CUDA_ARCHS ")");
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -109,7 +109,7 @@ void run(const at::Tensor& image_features, const at::Tensor& w1, const std::opti
 void project_image_tokens(const at::Tensor& image_features, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
                           const at::Tensor& w2, const std::optional<at::Tensor>& b2, at::Tensor& inputs_embeds,
                           const at::Tensor& image_token_mask) {
-  run(image_features, w1, b1, w2, b2, inputs_embeds, image_token_mask, GemmKernel::kAuto);
+  run(image_features, w1, b1, w2, b2, inputs_embeds, image_token_mask, KernelPath::kAuto);
 }
 
 void project_image_tokens_with_kernel(const at::Tensor& image_features, const at::Tensor& w1,
@@ -118,7 +118,7 @@ void project_image_tokens_with_kernel(const at::Tensor& image_features, const at
                                       const at::Tensor& image_token_mask, int64_t kernel) {
   TORCH_CHECK(kernel == 0 || kernel == 80 || kernel == 90, kOp,
               ": 'kernel' must be 0 (pick per device), 80 (mma.sync) or 90 (wgmma + TMA), got ", kernel);
-  run(image_features, w1, b1, w2, b2, inputs_embeds, image_token_mask, static_cast<GemmKernel>(kernel));
+  run(image_features, w1, b1, w2, b2, inputs_embeds, image_token_mask, static_cast<KernelPath>(kernel));
 }
 
 }  // namespace neva
