@@ -59,6 +59,11 @@ def backend(request):
     neva_kernels.set_backend(None)
 
 
+def _below_target(accuracy: dict) -> dict[str, float]:
+    """The question types of a score() result whose accuracy is below TARGET."""
+    return {kind: result["accuracy"] for kind, result in accuracy.items() if result["accuracy"] < TARGET}
+
+
 def _mixed_questions(pool: ScenePool, rng: random.Random) -> list[tuple[Asked, str]]:
     """One question of a random type per scene, with its true answer."""
     pixels = [p[i:i + 1] for p in pool.picture_chunks() for i in range(len(p))]
@@ -88,7 +93,7 @@ def test_held_out_accuracy_is_what_training_reported(held_out_accuracy, report):
 
 
 def test_held_out_accuracy_reaches_the_target(held_out_accuracy):
-    low = {kind: result["accuracy"] for kind, result in held_out_accuracy.items() if result["accuracy"] < TARGET}
+    low = _below_target(held_out_accuracy)
     assert not low, f"below {TARGET:.0%}: {low}"
 
 
@@ -102,7 +107,7 @@ def test_triton_kernels_reach_the_target_and_answer_like_the_torch_ones(shipped,
         completions = answer(model, tokenizer, asked, batch_size=len(asked))
     except neva_kernels.BackendUnavailableError as error:
         pytest.skip(f"the Triton backend cannot run the model here: {error}")
-    low = {kind: result["accuracy"] for kind, result in score(qas, completions).items() if result["accuracy"] < TARGET}
+    low = _below_target(score(qas, completions))
     assert not low, f"triton, {TRITON_SAMPLE_SCENES} scenes, below {TARGET:.0%}: {low}"
     neva_kernels.set_backend("torch")
     expected = answer(model, tokenizer, asked, batch_size=len(asked))
