@@ -8,10 +8,11 @@ Real checkpoints: ``load_neva(llava_hf_dir)``; answers: ``Engine(model).generate
 ``neva ask`` command.
 """
 from .config import NevaConfig, NevaConfigError, TextConfig, VisionConfig, from_hf_config
-from .generate import Completion, Engine, Request, Timings
+from .generate import Completion, Engine, QueueFullError, Request, StepOutput, Timings
 from .model import Neva
 from .sampling import SamplingParams
 from .weights import NevaWeightsError, load_neva
 
-__all__ = ["Completion", "Engine", "Neva", "NevaConfig", "NevaConfigError", "NevaWeightsError", "Request",
-           "SamplingParams", "TextConfig", "Timings", "VisionConfig", "from_hf_config", "load_neva"]
+__all__ = ["Completion", "Engine", "Neva", "NevaConfig", "NevaConfigError", "NevaWeightsError", "QueueFullError",
+           "Request", "SamplingParams", "StepOutput", "TextConfig", "Timings", "VisionConfig", "from_hf_config",
+           "load_neva"]

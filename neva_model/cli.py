@@ -18,7 +18,7 @@ import torch
 import neva_kernels
 from neva_kernels import NevaError
 
-from .generate import Engine, Request, Timings
+from .generate import Engine, Request, StepOutput, Timings
 from .image import CLIP_MEAN, CLIP_STD, preprocess_images
 from .prompts import STEERLM_ATTRIBUTE_ORDER, SteerLMAttributes, build_prompt
 from .sampling import SamplingParams
@@ -107,12 +107,9 @@ def ask(args) -> str:
     engine = Engine(model, max_batch_size=1, block_size=args.block_size, cuda_graph=args.cuda_graph,
                     max_seq_len=len(ids) + max_new_tokens,
                     detokenize=detokenize)
-    printed = []
 
-    def stream(_, token: int) -> None:
-        printed.append(token)
-        text, previous = detokenize(printed), detokenize(printed[:-1])
-        print(text[len(previous):], end="", flush=True)
+    def stream(_, output: StepOutput) -> None:
+        print(output.text, end="", flush=True)
 
     completion = engine.generate([Request(ids, images, sampling)], stream if args.stream else None)[0]
     print("" if args.stream else completion.text)

@@ -1,14 +1,20 @@
-"""The generation engine: batched packed prefill, then static-shape decode steps over a paged KV cache.
+"""The generation engine: continuous batching of NeVA requests over a paged KV cache.
 
-Requests wait in a queue and take a batch slot when one is free and the cache can hold their whole answer
-(prompt + max_new_tokens), so a running sequence never runs out of blocks. New requests are prefilled
-together as one packed variable-length batch (flash_attention with cu_seqlens, K/V written by
-append_kv_cache). Every decode step then runs all slots at once on fixed-shape tensors (idle slots have
-seq_len 0 and write nowhere) so that the step could be captured in a CUDA graph. A finished sequence frees
-its slot and its blocks at once.
+The step-wise API (as vLLM's): `add_request` queues a request and returns its id, `step` advances every
+running request by one token and streams what it produced, `abort` drops a request and frees its blocks at
+once. `generate` is a loop over them.
+
+A queued request takes a batch slot at the next step when one is free and the cache can hold its whole answer
+(prompt + max_new_tokens), so a running sequence never runs out of blocks; the queue is bounded
+(`QueueFullError` past `max_waiting`). Requests admitted together are prefilled as one packed variable-length
+batch (flash_attention with cu_seqlens, K/V written by append_kv_cache). Every decode step then runs all slots
+at once on fixed-shape tensors (idle slots have seq_len 0 and write nowhere), so a request joins the running
+batch without a recompile and the step can be captured in a CUDA graph. Greedy answers do not depend on what
+else is in the batch. A finished sequence frees its slot and its blocks at once.
 """
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -18,12 +24,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from neva_kernels import NevaValueError, OutOfBlocksError, PagedKVCache, set_value_checks
+from neva_kernels import NevaError, NevaTypeError, NevaValueError, OutOfBlocksError, PagedKVCache, set_value_checks
 from neva_kernels.checks import value_checks_enabled
 
 from .decoder import AttentionBatch
 from .model import Neva, packed_prefill_batch
-from .sampling import SamplingParams, find_stop, sample
+from .sampling import SamplingParams, sample
+from .text_stream import TextStream
+
+
+class QueueFullError(NevaError, RuntimeError):
+    """The engine's waiting queue is full: the request was not added (retry later)."""
 
 
 @dataclass
@@ -41,8 +52,17 @@ class Completion:
 
 
 @dataclass
+class StepOutput:
+    """What one step did for one request."""
+    request_id: int
+    token_id: int | None  # the token added to the answer (None: the request ended on EOS)
+    text: str | None  # new answer text that no later token can change (None without a detokenizer)
+    completion: Completion | None = None  # set on the request's last output
+
+
+@dataclass
 class Timings:
-    """Seconds spent per phase (device-synchronized) and the tokens processed, summed over generate calls."""
+    """Seconds spent per phase (device-synchronized) and the tokens processed, summed over all steps."""
     vision_s: float = 0.0
     projection_s: float = 0.0
     prefill_s: float = 0.0
@@ -55,18 +75,14 @@ class Timings:
         return self.decode_tokens / self.decode_s if self.decode_s > 0 else 0.0
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: slots and the queue hold each sequence once
 class _Sequence:
-    index: int  # position of the request in the generate() call
+    seq_id: int  # the request id, also the sequence's key in the block allocator
     request: Request
     generator: torch.Generator | None
+    text: TextStream | None
     tokens: list[int] = field(default_factory=list)
     finish_reason: str | None = None
-    text: str | None = None
-
-    @property
-    def seq_id(self) -> int:
-        return self.index
 
     @property
     def length(self) -> int:
@@ -77,34 +93,55 @@ class _Sequence:
         return len(self.request.input_ids) + self.request.sampling.max_new_tokens
 
 
+def _positive_int(name: str, value, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise NevaValueError(f"Engine: {name} must be an int >= 1{' or None' if allow_none else ''}, got {value!r}")
+
+
 class Engine:
-    """Generates answers for batches of NeVA requests with `model` (a Neva in eval mode, on its device)."""
+    """Generates answers to NeVA requests with `model` (a Neva in eval mode, on its device). Not thread-safe:
+    one thread calls add_request / step / abort (the server hands requests to its engine thread)."""
 
     def __init__(self, model: Neva, *, max_batch_size: int = 8, max_seq_len: int | None = None,
-                 block_size: int = 16, num_blocks: int | None = None,
+                 block_size: int = 16, num_blocks: int | None = None, max_waiting: int = 1024,
                  detokenize: Callable[[list[int]], str] | None = None, eos_token_ids: tuple[int, ...] | None = None,
                  value_checks: bool = False, cuda_graph: bool = False):
         """max_seq_len: the longest prompt + answer (default: min(2048, the model's max positions)).
         num_blocks: KV-cache blocks (default: enough for every slot at max_seq_len).
+        max_waiting: requests that may wait for a slot; add_request refuses more (QueueFullError).
         value_checks: keep neva_kernels' data checks on inside the engine (each costs a device sync; the
         engine builds its slots, block tables and lengths itself, so they are off by default).
         cuda_graph: replay the decode step from a CUDA graph captured at its first run (CUDA only)."""
         text = model.config.text
         max_seq_len = min(2048, text.max_position_embeddings) if max_seq_len is None else max_seq_len
-        if not 1 <= max_seq_len <= text.max_position_embeddings:
+        for name, value in (("max_batch_size", max_batch_size), ("max_seq_len", max_seq_len),
+                            ("block_size", block_size), ("max_waiting", max_waiting)):
+            _positive_int(name, value)
+        _positive_int("num_blocks", num_blocks, allow_none=True)
+        if max_seq_len > text.max_position_embeddings:
             raise NevaValueError(f"Engine: max_seq_len must be in 1..{text.max_position_embeddings} "
                                  f"(the model's max_position_embeddings), got {max_seq_len}")
+        if detokenize is not None and not callable(detokenize):
+            raise NevaTypeError(f"Engine: detokenize must be callable or None, got {type(detokenize).__name__}")
+        eos = text.eos_token_id if eos_token_ids is None else eos_token_ids
+        eos = (eos,) if isinstance(eos, int) else tuple(eos or ())
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in eos):
+            raise NevaTypeError(f"Engine: eos_token_ids must be ints, got {eos!r}")
         self.model, self.detokenize, self.value_checks = model, detokenize, value_checks
-        self.max_seq_len, self.device = max_seq_len, model.lm_head.weight.device
+        self.max_seq_len, self.max_waiting, self.device = max_seq_len, max_waiting, model.lm_head.weight.device
         if cuda_graph and self.device.type != "cuda":
             raise NevaValueError(f"Engine: cuda_graph needs the model on a CUDA device, it is on {self.device}")
         self.cuda_graph, self._graph, self._graph_logits = cuda_graph, None, None
-        eos = text.eos_token_id if eos_token_ids is None else eos_token_ids
-        self.eos_token_ids = set((eos,) if isinstance(eos, int) else eos or ())
+        self.eos_token_ids = set(eos)
         width = -(-max_seq_len // block_size)
         self.cache = PagedKVCache(text.num_layers, num_blocks or max_batch_size * width, block_size,
                                   text.num_kv_heads, text.attention_head_dim, model.lm_head.weight.dtype, self.device)
         self.slots: list[_Sequence | None] = [None] * max_batch_size
+        self._waiting: deque[_Sequence] = deque()
+        self._live: dict[int, _Sequence] = {}  # waiting and running, by request id
+        self._ids = itertools.count()
         self.timings = Timings()
         # The decode step's inputs: fixed shapes and addresses, refilled in place every step.
         new = (lambda *shape, dtype=torch.int64: torch.zeros(shape, dtype=dtype, device=self.device))
@@ -116,6 +153,17 @@ class Engine:
     @property
     def allocator(self):
         return self.cache.allocator
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def num_running(self) -> int:
+        return sum(s is not None for s in self.slots)
+
+    def has_unfinished(self) -> bool:
+        return bool(self._live)
 
     @contextmanager
     def _timed(self, phase: str):
@@ -132,43 +180,27 @@ class Engine:
         sync()
         setattr(self.timings, phase, getattr(self.timings, phase) + time.perf_counter() - start)
 
-    # ---- the public call -------------------------------------------------------------------------------------
+    # ---- the step-wise API ------------------------------------------------------------------------------
 
-    @torch.inference_mode()
-    def generate(self, requests: list[Request],
-                 on_token: Callable[[int, int], None] | None = None) -> list[Completion]:
-        """Answers to `requests`, in their order; on_token(request index, token id) streams every new token."""
-        for request in requests:
-            self._check(request)
-        waiting = deque(_Sequence(i, r, r.sampling.generator(self.device)) for i, r in enumerate(requests))
-        done: dict[int, _Sequence] = {}
-        try:
-            while waiting or any(self.slots):
-                admitted = self._admit(waiting)
-                if admitted:
-                    self._prefill(admitted, on_token, done)
-                elif not any(self.slots):  # only if blocks leaked: waiting would never end
-                    raise OutOfBlocksError(f"Engine: {self.allocator.num_free_blocks} free blocks cannot hold "
-                                           f"a request of {waiting[0].final_length} tokens")
-                if any(self.slots):
-                    self._decode_step(on_token, done)
-        finally:  # after an error (e.g. in on_token) the engine is left empty and usable
-            for i, s in enumerate(self.slots):
-                if s is not None and s.seq_id in self.allocator:
-                    self.allocator.free(s.seq_id)
-                self.slots[i] = None
-        return [Completion(done[i].tokens, done[i].text, done[i].finish_reason) for i in range(len(requests))]
-
-    def _check(self, request: Request) -> None:
-        need = len(request.input_ids) + request.sampling.max_new_tokens
-        if not request.input_ids or need > self.max_seq_len:
+    def check_request(self, request: Request) -> None:
+        """Raise NevaValueError / NevaTypeError if this engine can never answer `request` (no state is read
+        but the engine's fixed configuration, so any thread may call it)."""
+        ids, config = request.input_ids, self.model.config
+        if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+            raise NevaTypeError(f"Engine: a request's input_ids must be a list of ints, got {ids!r:.80}")
+        need = len(ids) + request.sampling.max_new_tokens
+        if not ids or need > self.max_seq_len:
             raise NevaValueError(f"Engine: a request needs 1..{self.max_seq_len} tokens (prompt + max_new_tokens), "
-                                 f"got {len(request.input_ids)} + {request.sampling.max_new_tokens}")
+                                 f"got {len(ids)} + {request.sampling.max_new_tokens}")
         if self.allocator.blocks_for(need) > self.allocator.num_blocks:
             raise NevaValueError(f"Engine: a request of {need} tokens needs more than the cache's "
                                  f"{self.allocator.num_blocks} blocks")
-        config = self.model.config
-        image_tokens = sum(t == config.image_token_index for t in request.input_ids)
+        vocab = config.text.vocab_size
+        bad = next((t for t in ids if not 0 <= t < vocab and t != config.image_token_index), None)
+        if bad is not None:
+            raise NevaValueError(f"Engine: a request's token ids must be in [0, {vocab}) or the image token "
+                                 f"{config.image_token_index}, got {bad}")
+        image_tokens = ids.count(config.image_token_index)
         images = 0 if request.images is None else request.images.shape[0]
         if image_tokens != images * config.image_tokens_per_image:
             raise NevaValueError(f"Engine: a request has {image_tokens} image tokens for {images} image(s) of "
@@ -176,25 +208,87 @@ class Engine:
         if request.sampling.stop and self.detokenize is None:
             raise NevaValueError("Engine: stop strings need a detokenizer (Engine(detokenize=...))")
 
-    def _admit(self, waiting: deque[_Sequence]) -> list[_Sequence]:
+    def add_request(self, request: Request) -> int:
+        """Queue `request`; returns its id. It joins the running batch at a step when a slot and blocks are free."""
+        self.check_request(request)
+        if len(self._waiting) >= self.max_waiting:
+            raise QueueFullError(f"Engine: {len(self._waiting)} requests are waiting, the limit (max_waiting)")
+        text = None if self.detokenize is None else TextStream(self.detokenize, request.sampling.stop)
+        sequence = _Sequence(next(self._ids), request, request.sampling.generator(self.device), text)
+        self._waiting.append(sequence)
+        self._live[sequence.seq_id] = sequence
+        return sequence.seq_id
+
+    def abort(self, request_id: int) -> bool:
+        """Drop a waiting or running request and free its blocks now; False if it is not (or no longer) here."""
+        sequence = self._live.pop(request_id, None)
+        if sequence is None:
+            return False
+        if sequence in self.slots:
+            self.slots[self.slots.index(sequence)] = None
+        else:
+            self._waiting.remove(sequence)
+        if sequence.seq_id in self.allocator:
+            self.allocator.free(sequence.seq_id)
+        return True
+
+    @torch.inference_mode()
+    def step(self) -> list[StepOutput]:
+        """Admit waiting requests into free slots (prefilled together), then decode one token for every running
+        request. Returns one output per request that advanced; a request's last one carries its Completion."""
+        outputs: list[StepOutput] = []
+        admitted = self._admit()
+        if admitted:
+            self._prefill(admitted, outputs)
+        elif self._waiting and not any(self.slots):  # only if blocks leaked: the queue would never move
+            raise OutOfBlocksError(f"Engine: {self.allocator.num_free_blocks} free blocks cannot hold "
+                                   f"a request of {self._waiting[0].final_length} tokens")
+        if any(self.slots):
+            self._decode_step(outputs)
+        return outputs
+
+    @torch.inference_mode()
+    def generate(self, requests: list[Request],
+                 on_output: Callable[[int, StepOutput], None] | None = None) -> list[Completion]:
+        """Answers to `requests`, in their order; on_output(request index, output) streams every step's output."""
+        for request in requests:
+            self.check_request(request)
+        pending, index, done = deque(requests), {}, {}
+        try:
+            while pending or len(done) < len(index):
+                while pending and len(self._waiting) < self.max_waiting:
+                    index[self.add_request(pending.popleft())] = len(index)
+                for output in self.step():
+                    if output.request_id not in index:
+                        continue  # another caller's request sharing this engine
+                    if on_output is not None:
+                        on_output(index[output.request_id], output)
+                    if output.completion is not None:
+                        done[index[output.request_id]] = output.completion
+        finally:  # after an error (e.g. in on_output) the engine is left without this call's requests
+            for request_id in index:
+                self.abort(request_id)
+        return [done[i] for i in range(len(requests))]
+
+    def _admit(self) -> list[_Sequence]:
         """Move waiting sequences into free slots while the cache can hold all running answers in full."""
         blocks_for = self.allocator.blocks_for
         promised = sum(blocks_for(s.final_length) - len(self.allocator.blocks(s.seq_id)) for s in self.slots if s)
         admitted = []
         for slot, occupant in enumerate(self.slots):
-            if occupant is not None or not waiting:
+            if occupant is not None or not self._waiting:
                 continue
-            need = blocks_for(waiting[0].final_length)
+            need = blocks_for(self._waiting[0].final_length)
             if promised + need > self.allocator.num_free_blocks:
                 break
             promised += need
-            self.slots[slot] = waiting.popleft()
+            self.slots[slot] = self._waiting.popleft()
             admitted.append(self.slots[slot])
         return admitted
 
     # ---- prefill and decode -----------------------------------------------------------------------------
 
-    def _prefill(self, sequences: list[_Sequence], on_token, done) -> None:
+    def _prefill(self, sequences: list[_Sequence], outputs: list[StepOutput]) -> None:
         ids = torch.tensor([t for s in sequences for t in s.request.input_ids], device=self.device)
         images = [s.request.images for s in sequences if s.request.images is not None]
         features = None
@@ -212,7 +306,7 @@ class Engine:
             logits = self.model.lm_head(hidden[batch.cu_seqlens[1:].long() - 1])
             tokens = sample(logits, [s.request.sampling for s in sequences], [s.generator for s in sequences])
         self.timings.prefill_tokens += len(ids)
-        self._accept(sequences, tokens.tolist(), on_token, done)
+        self._accept(sequences, tokens.tolist(), outputs)
 
     def decode_forward(self) -> Tensor:
         """Logits [slots, vocab] of one decode step, from the step_* tensors only (the CUDA-graph-able part)."""
@@ -235,49 +329,55 @@ class Engine:
         self._graph.replay()
         return self._graph_logits
 
-    def _decode_step(self, on_token, done) -> None:
+    def _fill_step_tensors(self, active: list[tuple[int, _Sequence]]) -> None:
+        """Write the decode step's inputs: each active slot's last token at its next position, one new cache slot."""
+        tokens, positions, slots = [0] * len(self.slots), [0] * len(self.slots), [-1] * len(self.slots)
+        tables = torch.zeros(self.step_block_tables.shape, dtype=torch.int32)
+        for i, s in active:
+            tokens[i], positions[i] = s.tokens[-1], s.length - 1
+            slots[i] = self.allocator.extend(s.seq_id, 1)[0]
+            blocks = self.allocator.blocks(s.seq_id)
+            tables[i, :len(blocks)] = torch.tensor(blocks, dtype=torch.int32)
+        self.step_tokens.copy_(torch.tensor(tokens))
+        self.step_positions.copy_(torch.tensor(positions))
+        self.step_slots.copy_(torch.tensor(slots))
+        self.step_block_tables.copy_(tables)
+        self.step_seq_lens.copy_(torch.tensor([s.length if s else 0 for s in self.slots], dtype=torch.int32))
+
+    def _decode_step(self, outputs: list[StepOutput]) -> None:
         with self._timed("decode_s"):
-            tokens, positions, slots = [0] * len(self.slots), [0] * len(self.slots), [-1] * len(self.slots)
-            tables = torch.zeros(self.step_block_tables.shape, dtype=torch.int32)
             active = [(i, s) for i, s in enumerate(self.slots) if s is not None]
-            for i, s in active:  # the last sampled token goes in at the next position
-                tokens[i], positions[i] = s.tokens[-1], s.length - 1
-                slots[i] = self.allocator.extend(s.seq_id, 1)[0]
-                blocks = self.allocator.blocks(s.seq_id)
-                tables[i, :len(blocks)] = torch.tensor(blocks, dtype=torch.int32)
-            self.step_tokens.copy_(torch.tensor(tokens))
-            self.step_positions.copy_(torch.tensor(positions))
-            self.step_slots.copy_(torch.tensor(slots))
-            self.step_block_tables.copy_(tables)
-            self.step_seq_lens.copy_(torch.tensor([s.length if s else 0 for s in self.slots], dtype=torch.int32))
+            self._fill_step_tensors(active)
             logits = self._replay_decode_forward() if self.cuda_graph else self.decode_forward()
-            rows = [i for i, _ in active]
             sequences = [s for _, s in active]
-            new = sample(logits[rows], [s.request.sampling for s in sequences], [s.generator for s in sequences])
-            new = new.tolist()
+            new = sample(logits[[i for i, _ in active]], [s.request.sampling for s in sequences],
+                         [s.generator for s in sequences]).tolist()
         self.timings.decode_tokens += len(active)
-        self._accept(sequences, new, on_token, done)
+        self._accept(sequences, new, outputs)
 
     # ---- bookkeeping ------------------------------------------------------------------------------------
 
-    def _accept(self, sequences: list[_Sequence], tokens: list[int], on_token, done) -> None:
-        """Append each sequence's new token, stream it, and retire the sequences that finished."""
+    def _accept(self, sequences: list[_Sequence], tokens: list[int], outputs: list[StepOutput]) -> None:
+        """Append each sequence's new token, report it, and retire the sequences that finished."""
         for s, token in zip(sequences, tokens):
             params = s.request.sampling
-            if token in self.eos_token_ids and not params.ignore_eos:
+            eos = token in self.eos_token_ids and not params.ignore_eos
+            if eos:
                 s.finish_reason = "eos"
             else:
                 s.tokens.append(token)
-                if on_token is not None:
-                    on_token(s.index, token)
-                if self.detokenize is not None:
-                    s.text = self.detokenize(s.tokens)
-                    cut = find_stop(s.text, params.stop)
-                    if cut is not None:
-                        s.text, s.finish_reason = s.text[:cut], "stop"
-                if s.finish_reason is None and len(s.tokens) == params.max_new_tokens:
+                if s.text is not None:
+                    s.text.add(token)
+                if s.text is not None and s.text.stopped:
+                    s.finish_reason = "stop"
+                elif len(s.tokens) == params.max_new_tokens:
                     s.finish_reason = "length"
-            if s.finish_reason is not None:
+            finished = s.finish_reason is not None
+            text = None if s.text is None else s.text.take_ready(final=finished)
+            completion = None
+            if finished:
+                completion = Completion(s.tokens, None if s.text is None else s.text.text, s.finish_reason)
                 self.allocator.free(s.seq_id)
                 self.slots[self.slots.index(s)] = None
-                done[s.index] = s
+                del self._live[s.seq_id]
+            outputs.append(StepOutput(s.seq_id, None if eos else token, text, completion))

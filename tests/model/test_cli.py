@@ -107,3 +107,15 @@ def test_max_new_tokens_past_the_context_stops_at_the_context(image_file, capsys
     """The shipped model's context is 512 tokens: asking for more new tokens than fit is not an error."""
     assert main(["ask", "--image", str(image_file), "--max-new-tokens", "100000", "Describe the image."]) == 0
     assert capsys.readouterr().out.strip()
+
+
+def test_streamed_answer_is_the_answer_and_never_prints_the_stop_string(capsys):
+    """scene-3's caption is "a yellow triangle, a purple circle and an orange circle"; stop inside "purple circle"."""
+    from neva_model.cli import DEFAULT_MODEL
+    image = str(DEFAULT_MODEL.parent.parent / "examples" / "scene-3.png")
+    ask = ["ask", "--image", image, "Describe the image.", "--stop", "purple c"]
+    assert main(ask) == 0
+    whole = capsys.readouterr().out
+    assert main([*ask, "--stream"]) == 0
+    streamed = capsys.readouterr().out
+    assert streamed == whole == "a yellow triangle, a \n"

@@ -66,14 +66,16 @@ def test_streaming_and_blocks_freed_as_soon_as_a_sequence_finishes(tiny_checkpoi
     short, long = _requests(case, [3, 3], torch.Generator().manual_seed(5), max_new_tokens=2)
     long.sampling = SamplingParams(max_new_tokens=8)
     engine = Engine(model, max_batch_size=2, max_seq_len=32, block_size=4)
-    streamed, free_after_short = {0: [], 1: []}, []
+    streamed, free_after_short, short_id = {0: [], 1: []}, [], []
 
-    def on_token(index, token):
-        streamed[index].append(token)
+    def on_output(index, output):
+        streamed[index].append(output.token_id)
+        if index == 0 and output.completion is not None:
+            short_id.append(output.request_id)
         if index == 1 and len(streamed[1]) == 4:  # two steps after the short request finished
-            free_after_short.append((0 in engine.allocator, engine.allocator.num_free_blocks))
+            free_after_short.append((short_id[0] in engine.allocator, engine.allocator.num_free_blocks))
 
-    completions = engine.generate([short, long], on_token)
+    completions = engine.generate([short, long], on_output)
     assert streamed == {0: completions[0].token_ids, 1: completions[1].token_ids}
     long_blocks = engine.allocator.blocks_for(len(long.input_ids) + 4)
     assert free_after_short == [(False, engine.allocator.num_blocks - long_blocks)]
