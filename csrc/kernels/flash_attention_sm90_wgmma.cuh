@@ -1,6 +1,5 @@
 // Warpgroup MMA (wgmma) for the sm_90a flash attention forward: m64nNk16 with fp32 accumulators, N = 64 or 128,
-// A from shared memory (SS: S = Q K^T) or from registers (RS: O += P V, P being the re-packed S accumulators),
-// plus the operand fence that keeps the compiler from touching accumulators while a wgmma is in flight.
+// A from shared memory (SS: S = Q K^T) or from registers (RS: O += P V, P being the re-packed S accumulators).
 // Call only from code compiled for sm_90a (__CUDA_ARCH_FEAT_SM90_ALL).
 //
 // Register layouts (PTX ISA, wgmma .m64nNk16): warp w of the warpgroup owns rows 16w..16w+15; accumulator
@@ -25,20 +24,6 @@ __device__ __forceinline__ uint64_t wgmma_descriptor_mn_sw128(const void* tile, 
   constexpr uint64_t kStrideByteOffset = 1024 >> 4;
   constexpr uint64_t kSwizzle128B = 1;
   return start | (uint64_t(mn_block_bytes >> 4) << 16) | (kStrideByteOffset << 32) | (kSwizzle128B << 62);
-}
-
-// An empty asm that "rewrites" each register: the compiler cannot move reads or writes of the array across
-// it, which pins them after a wgmma_wait (or before a wgmma that reads them).
-template <int N, typename R>
-__device__ __forceinline__ void fence_operands(R (&r)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) {
-    if constexpr (std::is_same_v<R, float>) {
-      asm volatile("" : "+f"(r[i])::"memory");
-    } else {
-      asm volatile("" : "+r"(r[i])::"memory");
-    }
-  }
 }
 
 #define NEVA_FA_F8(i) \

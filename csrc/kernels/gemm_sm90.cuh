@@ -132,6 +132,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     __syncwarp();  // wgmma is .aligned: the whole warp leaves the wait loop before it
     const uint64_t a = sm90::wgmma_descriptor_sw128(x_tile(s) + consumer * (kXTileBytes / kConsumers));
     const uint64_t b = sm90::wgmma_descriptor_sw128(w_tile(s));
+    sm90::fence_operands(acc);  // the accumulators' zeroing stays before the first wgmma
     sm90::wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBlockK / 16; ++kk) wgmma_m64n256k16<T>(acc, a + 2 * kk, b + 2 * kk);
@@ -141,6 +142,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (kt > 0 && lane == 0) sm90::mbarrier_arrive(&empty[(kt - 1) % kStages]);
   }
   sm90::wgmma_wait<0>();
+  sm90::fence_operands(acc);  // the epilogue's reads of the accumulators stay after the wait
   sm90::named_barrier_sync(1, kConsumerThreads);  // both warpgroups are done reading the stages
 
   using Staged = gemm::StagedTile<T, kBlockM, kBlockN>;

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace neva {
 namespace sm90 {
@@ -80,6 +81,26 @@ __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_grou
 template <int kPending>
 __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
+}
+
+// An empty asm that "rewrites" each register: the compiler cannot move reads or writes of the array across
+// it, which pins them after a wgmma_wait (or before a wgmma that reads them).
+template <int N, typename R>
+__device__ __forceinline__ void fence_operands(R (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    if constexpr (std::is_same_v<R, float>) {
+      asm volatile("" : "+f"(r[i])::"memory");
+    } else {
+      asm volatile("" : "+r"(r[i])::"memory");
+    }
+  }
+}
+
+// Orders this thread's earlier generic-proxy writes to shared memory before later async-proxy accesses of it
+// (wgmma operand reads, TMA writes); a barrier then extends the order to the threads that issue those.
+__device__ __forceinline__ void fence_proxy_async_shared() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
 // A barrier over `threads` threads (whole warps) only, e.g. the consumer warpgroups without the producer warp.
