@@ -9,8 +9,15 @@
 //   O += P V   as wgmma with P in registers (the S accumulators re-packed) and V read MN-major (transposed),
 // pipelined so that tile j's softmax overlaps the tensor cores: S_j = Q K_j^T and O += P_{j-1} V_{j-1} are issued
 // together, the softmax of S_j runs while the second is in flight, and O is rescaled once it has landed.
-// Causal masking, bottom-right alignment, GQA and packed batches are as in the sm80 kernel; a packed sequence's
-// tiles may read rows of the next sequence, which the masks discard (rows past the tensor arrive as zeros).
+// Causal masking, bottom-right alignment, GQA and packed batches are as in the sm80 kernel. A packed sequence's
+// last K/V tile may hold rows of the next sequence (rows past the tensor arrive as zeros): the mask discards
+// their scores, and their V rows are zeroed in shared memory before P V, since P = 0 times a NaN or Inf row
+// would still be NaN.
+//
+// Each wgmma group (S = Q K^T, O += P V) has its own wgmma.fence, with its register operands (the S and O
+// accumulators, P) pinned by fence_operands on both sides, as CUTLASS / FlashAttention-3 do: no register write
+// drifts between a fence and its wgmma (ptxas would serialize with an injected warpgroup.arrive, warning C7519)
+// or above the wait for a group that reads it.
 #pragma once
 #include <cuda.h>
 #include <cuda_runtime.h>
@@ -51,7 +58,9 @@ struct Sm90TensorMaps {
 template <typename T, int kHeadDim, bool kCausal>
 __global__ void __launch_bounds__(Sm90Config<kHeadDim>::kThreads, 1)
     flash_forward_sm90_kernel(const __grid_constant__ Sm90TensorMaps maps, const FlashAttentionParams p) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  __trap();  // never launched: the host picks this kernel only where an sm_90a cubin runs (sm90a_runs_here)
+#else
   using C = Sm90Config<kHeadDim>;
   constexpr int kBlockM = C::kBlockM, kBlockN = C::kBlockN, kStages = C::kStages, kCols = C::kSwizzleCols;
 
@@ -129,14 +138,37 @@ __global__ void __launch_bounds__(Sm90Config<kHeadDim>::kThreads, 1)
     sm90::mbarrier_wait(barrier, parity);
     __syncwarp();  // wgmma is .aligned: the whole warp leaves the wait loop before it
   };
+  // Zeroes rows [first_row, kBlockN) of a landed K/V tile, all 128 bytes of each row in every column block (the
+  // swizzle permutes 16-byte chunks within a row only), shared by both consumers; the proxy fence and the
+  // consumers' barrier make the zeros visible to the wgmma (async proxy) that either consumer issues next.
+  const auto zero_rows_from = [&](T* tile, int first_row) {
+    constexpr int kChunksPerRow = C::kColBlocks * 8;
+    uint4* const chunks = reinterpret_cast<uint4*>(tile);
+    for (int i = first_row * kChunksPerRow + consumer * 128 + tid; i < kBlockN * kChunksPerRow;
+         i += 128 * C::kConsumers) {
+      const int row = i / kChunksPerRow, block = i % kChunksPerRow / 8;
+      chunks[(block * kBlockN + row) * 8 + i % 8] = make_uint4(0, 0, 0, 0);
+    }
+    sm90::fence_proxy_async_shared();
+    sm90::named_barrier_sync(1, 128 * C::kConsumers);
+  };
 
   if (n_tiles > 0) {
     float s[kBlockN / 8][4];
     uint32_t p_frag[kBlockN / 16][4];
     auto& s_acc = reinterpret_cast<float(&)[kBlockN / 2]>(s);
     auto& o_acc = reinterpret_cast<float(&)[kHeadDim / 2]>(o);
-    // S = Q K^T over the head dim: 4 k16 steps per 64-column swizzle block (+32 bytes = +2 in the descriptor).
+    auto& p_regs = reinterpret_cast<uint32_t(&)[kBlockN / 4]>(p_frag);
+    // The register operands of the P V wgmma (O, P): fenced before its wgmma.fence and after the wait for it.
+    const auto fence_pv_operands = [&] {
+      sm90::fence_operands(o_acc);
+      sm90::fence_operands(p_regs);
+    };
+    // S = Q K^T over the head dim, one committed group: 4 k16 steps per 64-column swizzle block (+32 bytes = +2 in
+    // the descriptor).
     const auto issue_qk = [&](int stage) {
+      sm90::fence_operands(s_acc);
+      sm90::wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < kHeadDim / 16; ++ks) {
         const int c = ks / 4, step = 2 * (ks % 4);
@@ -144,14 +176,20 @@ __global__ void __launch_bounds__(Sm90Config<kHeadDim>::kThreads, 1)
         const uint64_t b = sm90::wgmma_descriptor_sw128(k_tile(stage) + c * kBlockN * kCols) + step;
         sm90::wgmma_ss<T, kBlockN, 0>(s_acc, a, b, ks > 0);
       }
+      sm90::wgmma_commit();
     };
-    // O += P V over the keys: 16 keys (2048 bytes of V rows) per step; V's head-dim blocks are a tile apart.
+    // O += P V over the keys, one committed group: 16 keys (2048 bytes of V rows) per step; V's head-dim blocks
+    // are a tile apart. Its own wgmma.fence: the wait for V between the two groups is a branch, across which
+    // ptxas would otherwise not trust the registers and serialize (C7519).
     const auto issue_pv = [&](int stage) {
+      fence_pv_operands();
+      sm90::wgmma_fence();
 #pragma unroll
       for (int kc = 0; kc < kBlockN / 16; ++kc) {
         const uint64_t b = sm90::wgmma_descriptor_mn_sw128(v_tile(stage) + kc * 16 * kCols, kBlockN * kCols * 2);
         sm90::wgmma_rs<T, kHeadDim, 1>(o_acc, p_frag[kc], b, true);
       }
+      sm90::wgmma_commit();
     };
     // The softmax of the fresh S of tile `tile`; returns the factor O must be rescaled by.
     const auto softmax_of = [&](int tile, float (&alpha)[2]) {
@@ -166,9 +204,7 @@ __global__ void __launch_bounds__(Sm90Config<kHeadDim>::kThreads, 1)
 
     wait(q_full, 0);
     wait(&k_full[0], 0);
-    sm90::wgmma_fence();
     issue_qk(0);
-    sm90::wgmma_commit();
     sm90::wgmma_wait<0>();
     sm90::fence_operands(s_acc);
     sm90::mbarrier_arrive(&k_empty[0]);
@@ -179,29 +215,26 @@ __global__ void __launch_bounds__(Sm90Config<kHeadDim>::kThreads, 1)
     for (int tile = 1; tile < n_tiles; ++tile) {
       const int stage = tile % kStages, previous = (tile - 1) % kStages;
       wait(&k_full[stage], (tile / kStages) & 1);
-      sm90::wgmma_fence();
       issue_qk(stage);
-      sm90::wgmma_commit();
       wait(&v_full[previous], ((tile - 1) / kStages) & 1);
       issue_pv(previous);
-      sm90::wgmma_commit();
       sm90::wgmma_wait<1>();  // S of this tile; P V of the previous one may still run
       sm90::fence_operands(s_acc);
       sm90::mbarrier_arrive(&k_empty[stage]);
       softmax_of(tile, alpha);
       sm90::wgmma_wait<0>();
-      sm90::fence_operands(o_acc);
+      fence_pv_operands();
       sm90::mbarrier_arrive(&v_empty[previous]);
       OnlineSoftmax::rescale(o, alpha);
       pack_probabilities();
     }
     const int last = (n_tiles - 1) % kStages;
     wait(&v_full[last], ((n_tiles - 1) / kStages) & 1);
-    sm90::wgmma_fence();
+    const int rows_in_sequence = bounds.len_k - (n_tiles - 1) * kBlockN;  // of the last tile
+    if (rows_in_sequence < kBlockN) zero_rows_from(v_tile(last), rows_in_sequence);
     issue_pv(last);
-    sm90::wgmma_commit();
     sm90::wgmma_wait<0>();
-    sm90::fence_operands(o_acc);
+    fence_pv_operands();
     sm90::mbarrier_arrive(&v_empty[last]);
   }
 
