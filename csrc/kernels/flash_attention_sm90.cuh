@@ -253,20 +253,14 @@ __global__ void __launch_bounds__(Sm90Config<kHeadDim>::kThreads, 1)
 template <typename T>
 cudaError_t sm90_tensor_map(CUtensorMap* map, const void* base, int head_dim, int rows, int heads, int batches,
                             int64_t row_stride, int64_t head_stride, int64_t batch_stride, int box_rows) {
-  const auto encode = tensor_map_encode_tiled();
-  if (encode == nullptr) return cudaErrorNotSupported;
   const cuuint64_t dims[4] = {cuuint64_t(head_dim), cuuint64_t(rows), cuuint64_t(heads), cuuint64_t(batches)};
   // Byte strides of dims 1..3; a batch of one (packed) still needs a valid stride.
   const cuuint64_t strides[3] = {cuuint64_t(row_stride) * 2, cuuint64_t(head_stride) * 2,
                                  cuuint64_t(batches > 1 ? batch_stride : row_stride) * 2};
   const cuuint32_t box[4] = {64, cuuint32_t(box_rows), 1, 1};
-  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
   constexpr CUtensorMapDataType kType =
       std::is_same_v<T, __nv_bfloat16> ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-  const CUresult result = encode(map, kType, 4, const_cast<void*>(base), dims, strides, box, element_strides,
-                                 CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return result == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+  return encode_tiled_sw128(map, kType, 4, base, dims, strides, box);
 }
 
 template <typename T, int kHeadDim>

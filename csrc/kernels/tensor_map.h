@@ -21,4 +21,18 @@ inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encode_tiled() {
   return function;
 }
 
+// Encodes a tiled map of `rank` dims (innermost first; byte strides of dims 1.. only) whose boxes have 128-byte
+// rows, read with 128-byte swizzle and zero fill outside the tensor. cudaErrorNotSupported where the driver lacks
+// the entry point, cudaErrorInvalidValue where it refuses the map.
+inline cudaError_t encode_tiled_sw128(CUtensorMap* map, CUtensorMapDataType type, cuuint32_t rank, const void* base,
+                                      const cuuint64_t* dims, const cuuint64_t* byte_strides, const cuuint32_t* box) {
+  const auto encode = tensor_map_encode_tiled();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const cuuint32_t element_strides[5] = {1, 1, 1, 1, 1};
+  const CUresult result = encode(map, type, rank, const_cast<void*>(base), dims, byte_strides, box, element_strides,
+                                 CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return result == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
 }  // namespace neva

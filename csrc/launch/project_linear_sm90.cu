@@ -1,14 +1,7 @@
-// The wgmma + TMA projector GEMM: its tensor maps (built on the host for each call), its launch, and whether it
-// runs on the current device.
-#include <cstring>
-
+// The wgmma + TMA projector GEMM: its tensor maps (built on the host for each call) and its launch.
 #include "../kernels/gemm_sm90.cuh"
 #include "../kernels/tensor_map.h"
 #include "launch.h"
-
-#ifndef NEVA_CUDA_ARCHS
-#define NEVA_CUDA_ARCHS "unknown"
-#endif
 
 namespace neva {
 namespace {
@@ -19,12 +12,9 @@ cudaError_t tile_map(CUtensorMap* map, DType dtype, const void* base, int64_t ro
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(rows)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(row_stride) * 2};  // bytes; the innermost is implied
   const cuuint32_t box[2] = {gemm_sm90::kBlockK, static_cast<cuuint32_t>(box_rows)};
-  const cuuint32_t element_strides[2] = {1, 1};
-  const CUresult result = tensor_map_encode_tiled()(
-      map, dtype == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
-      const_cast<void*>(base), dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return result == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+  return encode_tiled_sw128(
+      map, dtype == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, base,
+      dims, strides, box);
 }
 
 template <typename T>
@@ -45,19 +35,6 @@ cudaError_t launch(DType dtype, const LinearParams& p, cudaStream_t stream) {
 }
 
 }  // namespace
-
-// A Hopper GPU, a build with sm_90a, and the driver's cubin choice for it is an sm_90 one (then the sm_90a one).
-bool linear_sm90_runs_here() {
-  int device = 0, major = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess || major != 9) {
-    return false;
-  }
-  cudaFuncAttributes attributes{};
-  return std::strstr(NEVA_CUDA_ARCHS, "sm_90a") != nullptr && tensor_map_encode_tiled() != nullptr &&
-         cudaFuncGetAttributes(&attributes, gemm_sm90::linear_kernel<__half>) == cudaSuccess &&
-         attributes.binaryVersion == 90;
-}
 
 cudaError_t launch_linear_sm90(DType dtype, const LinearParams& params, cudaStream_t stream) {
   switch (dtype) {
