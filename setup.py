@@ -1,18 +1,21 @@
 """Builds neva_kernels._C, the cuda backend, where nvcc and a CUDA build of torch are present.
 
 NEVA_BUILD_CUDA=auto (default) builds it when it can and says why not otherwise; 1 makes a failed check an error;
-0 skips it. TORCH_CUDA_ARCH_LIST picks the GPU architectures (default "8.0;9.0a": sm_80 and Hopper's sm_90a).
+0 skips it. TORCH_CUDA_ARCH_LIST picks the GPU architectures (default in neva_kernels/cuda_archs.py: sm_80 and
+Hopper's sm_90a).
 Sources are every .cu and .cpp under csrc/. torch must be importable at build time, so install with
 `pip install -e . --no-build-isolation`.
 """
 import glob
 import os
+import runpy
 import shutil
 import sys
 
 from setuptools import setup
 
-DEFAULT_ARCHS = "8.0;9.0a"
+# By path: importing the package would import its backends.
+CUDA_ARCHS = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "neva_kernels", "cuda_archs.py"))
 
 
 def _cuda_home_default() -> None:
@@ -58,8 +61,8 @@ def cuda_extensions() -> tuple[list, dict]:
         print(f"neva: building without neva_kernels._C: {reason}")
         return [], {}
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension
-    archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)
-    arch_tag = "+".join("sm_" + a.replace(".", "") for a in archs.replace(" ", ";").split(";") if a)
+    archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", CUDA_ARCHS["requested"]())
+    arch_tag = "+".join(CUDA_ARCHS["arch_names"](archs))
     sources = sorted(glob.glob("csrc/**/*.cu", recursive=True) + glob.glob("csrc/**/*.cpp", recursive=True))
     extension = CUDAExtension(
         "neva_kernels._C",

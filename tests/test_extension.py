@@ -8,7 +8,7 @@ import torch
 import triton
 
 import neva_kernels as nk
-from neva_kernels import cuda_backend
+from neva_kernels import cuda_archs, cuda_backend
 
 # `make test` sets this where nvcc and a CUDA build of torch are present: there a missing extension is a failure.
 REQUIRED = os.environ.get("NEVA_REQUIRE_CUDA_EXTENSION") == "1"
@@ -33,8 +33,7 @@ def test_registered_schemas():
 
 @needs_extension
 def test_compiled_for_the_requested_architectures():
-    archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0a")
-    expected = {"sm_" + a.replace(".", "") for a in re.split(r"[;\s]+", archs) if a}
+    expected = set(cuda_archs.arch_names(cuda_archs.requested()))
     listing = subprocess.run([CUOBJDUMP, "--list-elf", nk._C.__file__], capture_output=True, text=True,
                              check=True).stdout
     cubin_archs = set(re.findall(r"\.(sm_\w+)\.cubin", listing))

@@ -1,15 +1,10 @@
 // The flash attention forward dispatcher: (kernel, dtype, head dim) -> one of the generated instances in
 // flash_attention_instances/ (this file only declares them, so it compiles in seconds).
-#include <cstring>
 #include <type_traits>
 
 #include "dispatch.cuh"
 #include "flash_attention_instances/instances.h"
 #include "launch.h"
-
-#ifndef NEVA_CUDA_ARCHS
-#define NEVA_CUDA_ARCHS "unknown"
-#endif
 
 namespace neva {
 namespace {
@@ -23,17 +18,8 @@ bool sm80_compiled(int head_dim) {
   return compiled([](int d, auto f) { return flash::with_sm80_head_dim(d, f); }, head_dim);
 }
 
-// The wgmma kernel needs the sm_90a cubin, which the driver picks on compute capability 9.0 exactly.
 bool sm90_runs_here(int head_dim) {
-  if (std::strstr(NEVA_CUDA_ARCHS, "sm_90a") == nullptr) return false;
-  if (!compiled([](int d, auto f) { return flash::with_sm90_head_dim(d, f); }, head_dim)) return false;
-  int device = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
-    return false;
-  }
-  return major == 9 && minor == 0;
+  return compiled([](int d, auto f) { return flash::with_sm90_head_dim(d, f); }, head_dim) && sm90a_runs_here();
 }
 
 }  // namespace

@@ -7,9 +7,20 @@
 
 #include "../kernels/params.h"
 
+// The GPU architectures of this build, e.g. "sm_80+sm_90a": setup.py derives it from TORCH_CUDA_ARCH_LIST (default
+// neva_kernels/cuda_archs.py), the one source of both.
+#ifndef NEVA_CUDA_ARCHS
+#error "NEVA_CUDA_ARCHS is defined by setup.py"
+#endif
+
 namespace neva {
 
 cudaError_t launch_arch_probe(int* out, cudaStream_t stream);
+
+// Whether the sm_90a kernels (wgmma, TMA, setmaxnreg) run on the current device: compute capability 9.0 exactly
+// (the only one sm_90a code runs on), a build that carries sm_90a code and whose 9.0 cubin the driver picks, and
+// a driver with the tensor-map entry point. Every kernel path that needs sm_90a asks this one function.
+bool sm90a_runs_here();
 
 cudaError_t launch_rms_norm(DType dtype, const RmsNormParams& params, cudaStream_t stream);
 
@@ -38,12 +49,11 @@ const char* flash_attention_head_dims(KernelPath kernel);
 cudaError_t launch_flash_attention(DType dtype, const FlashAttentionParams& params, KernelPath kernel,
                                    cudaStream_t stream);
 
-// The projector GEMMs (float16 and bfloat16): the mma.sync kernel; the wgmma + TMA kernel and whether it runs on
-// the current device (Hopper, with an sm_90a build); and launch_linear, which runs the kernel `kernel` names
-// (kAuto: the wgmma kernel where it runs, else the mma.sync one).
+// The projector GEMMs (float16 and bfloat16): the mma.sync kernel; the wgmma + TMA kernel (where
+// sm90a_runs_here); and launch_linear, which runs the kernel `kernel` names (kAuto: the wgmma kernel where it
+// runs, else the mma.sync one).
 cudaError_t launch_linear_sm80(DType dtype, const LinearParams& params, cudaStream_t stream);
 cudaError_t launch_linear_sm90(DType dtype, const LinearParams& params, cudaStream_t stream);
-bool linear_sm90_runs_here();
 cudaError_t launch_linear(DType dtype, const LinearParams& params, KernelPath kernel, cudaStream_t stream);
 
 }  // namespace neva

@@ -6,10 +6,6 @@
 #include "../launch/launch.h"
 #include "ops.h"
 
-#ifndef NEVA_CUDA_ARCHS
-#define NEVA_CUDA_ARCHS "unknown"
-#endif
-
 namespace neva {
 
 void probe_arch(at::Tensor& out) {

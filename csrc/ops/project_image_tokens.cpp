@@ -11,10 +11,6 @@
 #include "../launch/launch.h"
 #include "ops.h"
 
-#ifndef NEVA_CUDA_ARCHS
-#define NEVA_CUDA_ARCHS "unknown"
-#endif
-
 namespace neva {
 namespace {
 
@@ -80,7 +76,7 @@ void run(const at::Tensor& image_features, const at::Tensor& w1, const std::opti
   const int64_t rows = x.size(0);
   if (rows == 0 || text == 0) return;
   const c10::cuda::CUDAGuard guard(x.device());
-  TORCH_CHECK(kernel != KernelPath::kSm90 || linear_sm90_runs_here(), kOp,
+  TORCH_CHECK(kernel != KernelPath::kSm90 || sm90a_runs_here(), kOp,
               ": the wgmma + TMA kernel (90) runs on Hopper GPUs from an sm_90a build only, not on this ",
               x.device(), " (build: " NEVA_CUDA_ARCHS ")");
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
