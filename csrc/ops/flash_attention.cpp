@@ -1,11 +1,14 @@
 #include <ATen/ops/empty.h>
+#include <ATen/ops/stack.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <tuple>
 
 #include "../launch/launch.h"
 #include "ops.h"
@@ -17,11 +20,12 @@ constexpr const char* kOp = "flash_attention";
 constexpr int64_t kMaxGridDim = 65535;  // query heads and sequences are grid dimensions y and z
 constexpr double kLog2e = 1.4426950408889634;
 
-// The kernels copy rows in 16-byte chunks: unit stride along head_dim, every other stride a multiple of 16 bytes.
+// The kernels copy rows in 16-byte chunks: unit stride along head_dim, every other stride a multiple of 16 bytes,
+// a 16-byte aligned start. Else a fresh copy (.contiguous() would keep a contiguous view with a misaligned start).
 at::Tensor with_row_alignment(const at::Tensor& t) {
   bool aligned = t.stride(-1) == 1 && is_aligned_16(t);
   for (int64_t d = 0; d + 1 < t.dim(); ++d) aligned = aligned && t.stride(d) * t.element_size() % 16 == 0;
-  return aligned ? t : t.contiguous();
+  return aligned ? t : t.clone(at::MemoryFormat::Contiguous);
 }
 
 void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -64,10 +68,27 @@ void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
               ": packed batches must fit int32 token offsets");
 }
 
-// The longest query sequence of a packed batch (a device-to-host copy; callers that know it pass it).
-int64_t longest(const at::Tensor& cu_seqlens) {
-  if (cu_seqlens.size(0) < 2) return 0;
-  return cu_seqlens.slice(0, 1).sub(cu_seqlens.slice(0, 0, -1)).max().item<int64_t>();
+// The longest query sequence of a packed batch, once both offset tensors are checked as the kernels rely on them:
+// from 0, never decreasing, to the token count (the sm90 kernel's tensor maps span all of k and v, so keys past
+// cu_seqlens_k[-1] would reach the last sequence). One device-to-host copy of the offsets: a sync.
+int64_t checked_longest_query(const at::Tensor& cu_q, const at::Tensor& cu_k, int64_t total_q, int64_t total_k) {
+  const at::Tensor host = at::stack({cu_q, cu_k}).cpu();
+  const auto offsets = host.accessor<int32_t, 2>();
+  const int64_t ends = host.size(1);
+  int64_t longest = 0;
+  for (const auto& [i, name, total] :
+       {std::tuple{0, "cu_seqlens_q", total_q}, std::tuple{1, "cu_seqlens_k", total_k}}) {
+    TORCH_CHECK(offsets[i][0] == 0 && offsets[i][ends - 1] == total, kOp, ": '", name,
+                "' must start at 0 and end at the token count ", total, ", got ", offsets[i][0], " .. ",
+                offsets[i][ends - 1]);
+    for (int64_t b = 0; b + 1 < ends; ++b) {
+      const int64_t length = int64_t(offsets[i][b + 1]) - offsets[i][b];
+      TORCH_CHECK(length >= 0, kOp, ": '", name, "' must never decrease, got ", offsets[i][b], " then ",
+                  offsets[i][b + 1], " at ", b);
+      if (i == 0) longest = std::max(longest, length);
+    }
+  }
+  return longest;
 }
 
 }  // namespace
@@ -91,6 +112,17 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_with_kernel(
               flash_attention_head_dims(requested), ")");
 
   const bool packed = cu_seqlens_q.has_value();
+  at::Tensor cu_q, cu_k;
+  int64_t max_q = 0;
+  if (packed) {
+    cu_q = cu_seqlens_q->contiguous();
+    cu_k = cu_seqlens_k->contiguous();
+    const int64_t longest = checked_longest_query(cu_q, cu_k, q_in.size(0), k_in.size(0));
+    max_q = max_seqlen_q.value_or(longest);
+    // Below the longest sequence, the grid would leave that sequence's last query rows unwritten.
+    TORCH_CHECK(max_q >= longest && max_q <= q_in.size(0), kOp, ": 'max_seqlen_q' must be in ", longest, "..",
+                q_in.size(0), " (the longest query sequence .. the query tokens), got ", max_q);
+  }
   const at::Tensor q = with_row_alignment(q_in), k = with_row_alignment(k_in), v = with_row_alignment(v_in);
   at::Tensor out = at::empty(q.sizes(), q.options());
   at::Tensor lse = packed ? at::empty({q.size(1), q.size(0)}, q.options().dtype(at::kFloat))
@@ -123,16 +155,10 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_with_kernel(
   p.head_dim = static_cast<int>(head_dim);
   p.causal = causal;
   p.scale_log2 = static_cast<float>(softmax_scale * kLog2e);
-  at::Tensor cu_q, cu_k;
   if (packed) {
-    cu_q = cu_seqlens_q->contiguous();
-    cu_k = cu_seqlens_k->contiguous();
     p.cu_seqlens_q = cu_q.data_ptr<int32_t>();
     p.cu_seqlens_k = cu_k.data_ptr<int32_t>();
     p.batch = static_cast<int>(cu_q.size(0) - 1);
-    const int64_t max_q = max_seqlen_q.has_value() ? *max_seqlen_q : longest(cu_q);
-    TORCH_CHECK(max_q >= 0 && max_q <= q.size(0), kOp, ": 'max_seqlen_q' must be in 0..", q.size(0),
-                " (the query tokens), got ", max_q);
     p.seqlen_q = static_cast<int>(max_q);  // sizes the grid; the lengths come from cu_seqlens
     p.total_q = static_cast<int>(q.size(0));
     p.total_k = static_cast<int>(k.size(0));
