@@ -15,6 +15,7 @@
 #pragma once
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 
 #include "numeric.cuh"
 #include "params.h"
@@ -176,7 +177,9 @@ __global__ void __launch_bounds__(kMaxThreads) paged_decode_kernel(const PagedDe
   const int q_head = kv_head * group + head_in_group;
   const unsigned group_mask = 0xffu << (threadIdx.x % 32 / kLanes * kLanes);
 
-  const int seq_len = p.seq_lens[batch];
+  // Tokens past the table's width have no block: cut there rather than read block ids past the row (nothing
+  // behind a direct call of the C++ op checks seq_lens).
+  const int seq_len = min(p.seq_lens[batch], p.table_width * p.block_size);
   const int start = split * p.tokens_per_split;
   const int end = min(start + p.tokens_per_split, seq_len);
   const int num_tiles = end > start ? (end - start + kTile - 1) / kTile : 0;
@@ -383,13 +386,14 @@ __global__ void __launch_bounds__(kMergeThreads) merge_splits_kernel(const Paged
 template <typename T, int kHeadDim>
 cudaError_t paged_decode_attention(const PagedDecodeParams& p, cudaStream_t stream) {
   if (p.batch == 0) return cudaSuccess;
+  if (p.num_splits > 1 && int64_t(p.batch) * p.q_heads > INT32_MAX) return cudaErrorInvalidValue;  // merge grid.x
   const int group = p.q_heads / p.kv_heads;
   const dim3 grid(p.num_splits, p.kv_heads, p.batch);
   const size_t shared = decode::shared_bytes(sizeof(T), kHeadDim, group);
   decode::paged_decode_kernel<T, kHeadDim><<<grid, decode::threads_for_group(group), shared, stream>>>(p);
   if (p.num_splits > 1) {
     decode::merge_splits_kernel<T>
-        <<<static_cast<unsigned>(int64_t(p.batch) * p.q_heads), decode::kMergeThreads, 0, stream>>>(p);
+        <<<static_cast<unsigned>(p.batch * p.q_heads), decode::kMergeThreads, 0, stream>>>(p);
   }
   return cudaGetLastError();
 }

@@ -26,13 +26,14 @@ struct PagedDecodeParams {
   const void* q;  // [batch, q_heads, head_dim], unit stride along head_dim
   const void* k_cache;
   const void* v_cache;
-  const int32_t* block_tables;  // [batch, >= ceil(seq_len / block_size)], unit stride along a row
-  const int32_t* seq_lens;      // [batch]
+  const int32_t* block_tables;  // [batch, table_width], unit stride along a row
+  const int32_t* seq_lens;      // [batch]; lengths past table_width * block_size are cut to it
   void* out;                    // [batch, q_heads, head_dim], contiguous, q's dtype
   float* partial_out;           // [batch, q_heads, num_splits, head_dim] when num_splits > 1
   float* partial_lse;           // [batch, q_heads, num_splits], base-2 log-sum-exp, when num_splits > 1
   int64_t q_batch_stride, q_head_stride, block_table_stride;
   int batch, q_heads, kv_heads, head_dim, block_size;
+  int table_width;  // blocks per row of block_tables; table_width * block_size fits int32
   int num_splits, tokens_per_split;  // from plan_paged_decode
   float softmax_scale;
 };

@@ -72,14 +72,17 @@ at::Tensor paged_decode_attention_with_splits(const at::Tensor& q_in, const at::
   const at::Tensor seq_lens = seq_lens_in.contiguous();
   const int64_t batch = q.size(0), q_heads = q.size(1), head_dim = q.size(2);
   const int64_t block_size = k_cache.size(1), kv_heads = k_cache.size(2);
-  at::Tensor out = at::empty({batch, q_heads, head_dim}, q.options());
-  if (batch == 0) return out;
+  if (batch == 0) return at::empty({batch, q_heads, head_dim}, q.options());
 
   const c10::cuda::CUDAGuard guard(q.device());
   const DType dtype = storage_type(kOp, "q", q);
   const PagedDecodePlan plan = plan_paged_decode(dtype, static_cast<int>(head_dim), batch, kv_heads,
                                                  block_tables.size(1) * block_size, sm_count(q),
                                                  static_cast<int>(num_splits));
+  TORCH_CHECK(plan.num_splits == 1 || batch * q_heads <= std::numeric_limits<int32_t>::max(), kOp,
+              ": split-KV merges one (sequence, query head) per block of a 1-D grid: at most 2^31 - 1 of them, got ",
+              batch, " x ", q_heads, " (num_splits 1 has no such limit)");
+  at::Tensor out = at::empty({batch, q_heads, head_dim}, q.options());
   at::Tensor partial_out, partial_lse;
   if (plan.num_splits > 1) {
     partial_out = at::empty({batch, q_heads, plan.num_splits, head_dim}, q.options().dtype(at::kFloat));
@@ -102,6 +105,7 @@ at::Tensor paged_decode_attention_with_splits(const at::Tensor& q_in, const at::
   params.kv_heads = static_cast<int>(kv_heads);
   params.head_dim = static_cast<int>(head_dim);
   params.block_size = static_cast<int>(block_size);
+  params.table_width = static_cast<int>(block_tables.size(1));
   params.num_splits = plan.num_splits;
   params.tokens_per_split = plan.tokens_per_split;
   params.softmax_scale = static_cast<float>(softmax_scale);
