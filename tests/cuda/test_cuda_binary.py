@@ -1,22 +1,27 @@
 """The machine code of the built extension, read without a GPU: no kernel spills, and the decode kernel uses the
 intended copy instructions per architecture (cp.async = LDGSTS on sm_80, cp.async.bulk = UBLKCP completing on an
-mbarrier on sm_90a)."""
+mbarrier on sm_90a); the sm_90a-only kernels trap in other cubins, and ptxas compiles their sources without
+serializing wgmma."""
 import functools
+import glob
 import os
 import re
+import shutil
 import subprocess
 
 import pytest
 
 import neva_kernels as nk
+from neva_kernels import cuda_archs
 from neva_kernels.cuda_backend import DECODE_HEAD_DIMS, FLASH_HEAD_DIMS, FLASH_SM90_HEAD_DIMS
 from tests.test_extension import CUOBJDUMP, needs_extension
 
 pytestmark = needs_extension
 
 DTYPES = ("6__half", "13__nv_bfloat16", "f")  # as the mangled template arguments spell them
-ARCHS = {"sm_" + a.replace(".", "") for a in re.split(r"[;\s]+", os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0a"))
-         if a}
+ARCHS = set(cuda_archs.arch_names(cuda_archs.requested()))
+CSRC = os.path.join(os.path.dirname(__file__), "..", "..", "csrc")
+NVCC = shutil.which("nvcc") or shutil.which("nvcc", path="/usr/local/cuda/bin")
 
 
 def cuobjdump(*flags: str) -> str:
@@ -131,6 +136,32 @@ def test_sm90a_flash_attention_runs_wgmma_on_tma_tiles_in_specialized_warpgroups
         assert "USETMAXREG" in code, f"{key}: no setmaxnreg (producer / consumer register split)"
         assert "HMMA" not in code and "LDGSTS" not in code
 
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS - {"sm_90a"}))
+def test_sm90a_kernels_trap_in_the_other_cubins(arch):
+    # Their bodies need sm_90a: launched from another cubin they must fail loudly, not leave the outputs unwritten.
+    kernels = {**flash_kernels(arch, "sm90"), **projector_kernels(arch, "sm90")}
+    assert len(kernels) == 4 * len(FLASH_SM90_HEAD_DIMS) + 2
+    for key, code in kernels.items():
+        assert "BPT.TRAP" in code, f"{key}: no trap in its {arch} code"
+
+
+SM90A_SOURCES = sorted(glob.glob(os.path.join(CSRC, "launch", "flash_attention_instances", "forward_sm90_*.cu")) +
+                       [os.path.join(CSRC, "launch", "project_linear_sm90.cu")])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(NVCC is None, reason="no nvcc")
+@pytest.mark.parametrize("source", SM90A_SOURCES, ids=os.path.basename)
+def test_ptxas_keeps_the_wgmma_schedule_of_the_sm90a_sources(source, tmp_path):
+    # ptxas serializes wgmma whose register operands may change between wgmma.fence and the wgmma, saying so only
+    # as an info line of the build (C7519, "warpgroup.arrive is injected"): nothing else would catch it.
+    result = subprocess.run([NVCC, "-std=c++20", "-O3", "--expt-relaxed-constexpr", f"-I{CSRC}",
+                             '-DNEVA_CUDA_ARCHS="sm_90a"', "-gencode=arch=compute_90a,code=sm_90a", "-Xptxas", "-v",
+                             "-c", source, "-o", str(tmp_path / "kernel.o")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "C7519" not in result.stderr and "warning" not in result.stderr.lower(), result.stderr
 
 
 # ---- projector GEMMs -------------------------------------------------------------------------------------
