@@ -34,13 +34,14 @@ VARLEN_LENGTHS = ((1, 17, 300, 2048, 0, 777), (1, 300, 17, 2048, 5, 777))
 
 
 def run_kernel(kernel, q, k, v, causal, cu_q=None, cu_k=None, scale=None):
-    """(out, lse) of the extension's op with the kernel forced, compared with the reference."""
+    """(out, lse) of the extension's op with the kernel forced, compared with the reference; returns them."""
     if kernel == 90 and (torch.cuda.get_device_capability() != (9, 0)
                          or q.shape[-1] not in cuda_backend.FLASH_SM90_HEAD_DIMS):
         pytest.skip(f"the sm90 kernel runs on compute capability 9.0 for head dims {cuda_backend.FLASH_SM90_HEAD_DIMS}")
     scale = scale or 1 / math.sqrt(q.shape[-1])
     out, lse = torch.ops.neva_cuda.flash_attention_with_kernel(q, k, v, causal, scale, cu_q, cu_k, None, None, kernel)
     check_outputs(out, lse, q, k, v, causal, cu_q, cu_k, scale)
+    return out, lse
 
 
 def padded_inputs(batch, sq, sk, hq, hkv, d, dtype):
@@ -89,6 +90,55 @@ def test_small_shapes(kernel, causal, batch, sq, sk, hq, hkv, d, poisoned_output
 def test_small_packed_batch(kernel, causal, poisoned_outputs):
     q, k, v, cu_q, cu_k = packed_inputs((1, 17, 130, 0), (1, 130, 17, 0), 4, 2, 64, torch.bfloat16, device="cuda")
     run_kernel(kernel, q, k, v, causal, cu_q, cu_k)
+
+
+@pytest.mark.gpu
+@needs_extension
+@pytest.mark.parametrize("kernel", KERNELS.values(), ids=KERNELS.keys())
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("d", [64, 128])
+def test_packed_keys_and_values_outside_a_sequence_never_reach_it(kernel, causal, d, poisoned_outputs):
+    # Sequences with queries alternate with query-less ones whose K/V rows are all NaN, so the rows right after
+    # each sequence's end (read by its last, partial K/V tile) are NaN, and k / v are views of buffers whose rows
+    # past cu_seqlens_k[-1] are NaN as well. P is 0 there, but 0 x NaN is NaN: no output may see them.
+    lengths_q, lengths_k = (37, 0, 200, 0, 65, 0), (45, 7, 129, 128, 300, 50)
+    q, k, v, cu_q, cu_k = packed_inputs(lengths_q, lengths_k, 4, 2, d, torch.bfloat16, device="cuda")
+    bounds = cu_k.tolist()
+    for i, length_q in enumerate(lengths_q):
+        if length_q == 0:
+            k[bounds[i]:bounds[i + 1]] = v[bounds[i]:bounds[i + 1]] = math.nan
+    k, v = (torch.cat([t, torch.full_like(t[:130], math.nan)])[:len(t)] for t in (k, v))
+    out, _ = run_kernel(kernel, q, k, v, causal, cu_q, cu_k)
+    assert bool(out.isfinite().all())
+
+
+@pytest.mark.gpu
+@needs_extension
+@pytest.mark.parametrize("kernel", KERNELS.values(), ids=KERNELS.keys())
+def test_inputs_starting_off_16_bytes_are_copied(kernel, poisoned_outputs):
+    # Contiguous views one element into their storage: .contiguous() keeps them, the 16-byte copies would fault.
+    def shifted(t):
+        return torch.cat([t.new_zeros(1), t.flatten()])[1:].view(t.shape)
+    q, k, v = (shifted(t) for t in padded_inputs(2, 70, 90, 4, 2, 64, torch.float16))
+    assert all(t.is_contiguous() and t.data_ptr() % 16 != 0 for t in (q, k, v))
+    run_kernel(kernel, q, k, v, True)
+
+
+@pytest.mark.gpu
+@needs_extension
+@pytest.mark.parametrize("cu_q,cu_k,max_seqlen_q,message", [
+    ([0, 3, 9], [0, 4, 9], None, r"'cu_seqlens_k' must start at 0 and end at the token count 10, got 0 \.\. 9"),
+    ([0, 3, 8], [0, 4, 10], None, r"'cu_seqlens_q' must start at 0 and end at the token count 9, got 0 \.\. 8"),
+    ([0, 5, 3, 9], [0, 4, 6, 10], None, r"'cu_seqlens_q' must never decrease, got 5 then 3 at 1"),
+    ([0, 3, 9], [0, 4, 10], 5, r"'max_seqlen_q' must be in 6\.\.9 \(the longest query sequence"),
+])
+def test_packed_offsets_and_max_seqlen_q_are_checked_by_the_kernel_op(cu_q, cu_k, max_seqlen_q, message):
+    # The op itself checks what the kernels rely on: the Python value checks can be off, or not in the call path.
+    q = torch.randn(9, 2, 64, dtype=torch.float16, device="cuda")
+    k = torch.randn(10, 2, 64, dtype=torch.float16, device="cuda")
+    cu_q, cu_k = (torch.tensor(c, dtype=torch.int32, device="cuda") for c in (cu_q, cu_k))
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.neva_cuda.flash_attention(q, k, k, False, 0.125, cu_q, cu_k, max_seqlen_q, None)
 
 
 @pytest.mark.gpu
