@@ -3,6 +3,8 @@
 Problems and the check (float64 reference as truth, PyTorch's SDPA in the input dtype as the baseline of the
 tolerance rule) are those of the triton tests: one batch mixes context lengths 1, 17, 1000 (a multiple of
 neither block size), 0 and 45."""
+import math
+
 import pytest
 import torch
 
@@ -61,6 +63,31 @@ def test_one_sequence_at_64k_takes_the_heuristic_split(poisoned_outputs):
     assert torch.ops.neva_cuda.decode_num_splits(1, 8, tables.shape[1] * 16, sms) > 1
     out = nk.paged_decode_attention(q, k_cache, v_cache, tables, seq_lens, backend="cuda")
     check(out, q, k_cache, v_cache, tables, seq_lens, 128 ** -0.5)
+
+
+@pytest.mark.parametrize("num_splits", [1, 2])
+def test_lengths_past_the_block_table_are_cut_to_its_width(num_splits, poisoned_outputs):
+    # Nothing behind a direct call of the kernel op checks seq_lens: lengths past the table's width * block_size
+    # must neither read the block ids that follow a row in memory (here another column of a wider table, naming a
+    # NaN block) nor drop tokens; the op attends to the tokens the table holds.
+    q, k_cache, v_cache, tables, _ = make_problem([200, 5, 130], 4, 2, 64, 16, torch.float16)
+    width, nan_block = tables.shape[1], k_cache.shape[0]
+    k_cache, v_cache = (torch.cat([c, torch.full_like(c[:1], math.nan)]) for c in (k_cache, v_cache))
+    wide = torch.cat([tables, torch.full_like(tables, nan_block)], dim=1)
+    seq_lens = torch.tensor([width * 16 + 20, 5, width * 16 + 1000], dtype=torch.int32, device="cuda")
+    out = decode(q, k_cache, v_cache, wide[:, :width], seq_lens, 0.125, num_splits)
+    check(out, q, k_cache, v_cache, tables, seq_lens.clamp(max=width * 16), 0.125)
+
+
+def test_split_merge_grid_past_2_31_blocks_is_refused_before_any_allocation():
+    # 65535 sequences x 65536 query heads, as broadcast views: only the refusal (before the output's 512 GiB) fits.
+    batch, q_heads, kv_heads = 65535, 65536, 2048
+    q = torch.zeros(1, 1, 64, dtype=torch.float16, device="cuda").expand(batch, q_heads, 64)
+    k_cache = torch.zeros(1, 1, kv_heads, 64, dtype=torch.float16, device="cuda")
+    tables = torch.zeros(batch, 128, dtype=torch.int32, device="cuda")
+    seq_lens = torch.ones(batch, dtype=torch.int32, device="cuda")
+    with pytest.raises(RuntimeError, match=r"at most 2\^31 - 1 of them, got 65535 x 65536"):
+        decode(q, k_cache, k_cache, tables, seq_lens, 0.125, 2)
 
 
 def test_bad_inputs_are_refused_by_the_kernel_op():
