@@ -21,17 +21,22 @@ def main(argv=None) -> None:
     parser.add_argument("--suite", nargs="+", choices=list(SUITES), default=list(SUITES))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, CPU-capable anchors only")
-    parser.add_argument("--budget-s", type=float, default=None, help="start no new case after this many seconds")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="seconds for the whole run, set-up included: no case is started after it")
     parser.add_argument("--out", default=None, help="folder for results (default benchmarks/results/<device>-<date>)")
+    parser.add_argument("--json", default=None,
+                        help="where results.json is rewritten after every case (default: in the --out folder)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    data = {"stamp": stamp(device), **run(args.suite, device, args.quick, args.budget_s)}
-    slug = re.sub(r"[^a-z0-9]+", "-", data["stamp"]["device"].lower()).strip("-")
+    run_stamp = stamp(device)
+    slug = re.sub(r"[^a-z0-9]+", "-", run_stamp["device"].lower()).strip("-")
     folder = args.out or os.path.join(os.path.dirname(__file__), "results",
-                                      f"{slug}-{data['stamp']['date'][:10]}{'-quick' if args.quick else ''}")
-    report.write(data, folder)
-    print(f"results written to {folder}")
-
+                                      f"{slug}-{run_stamp['date'][:10]}{'-quick' if args.quick else ''}")
+    json_path = args.json or os.path.join(folder, "results.json")
+    results = run(args.suite, device, args.quick, args.budget_s,
+                  save=lambda partial: report.save_json({"stamp": run_stamp, **partial}, json_path))
+    report.write({"stamp": run_stamp, **results}, folder, json_path)
+    print(f"results written to {folder}" + (f" and {json_path}" if args.json else ""))
 
 if __name__ == "__main__":
     main()

@@ -55,7 +55,7 @@ def markdown(data: dict) -> str:
     for suite, why in data["missing_suites"].items():
         lines.append(f"- suite `{suite}` not run: {why}")
     if data["skipped_for_time"]:
-        lines.append(f"- skipped, time budget spent: {', '.join(data['skipped_for_time'])}")
+        lines.append(f"- time budget spent: {', '.join(data['skipped_for_time'])}")
     return "\n".join(lines) + "\n"
 
 
@@ -88,11 +88,20 @@ def plot(data: dict, folder: str) -> list[str]:
     return paths
 
 
-def write(data: dict, folder: str) -> None:
+def save_json(data: dict, path: str) -> None:
+    """Replace `path` in one step: a reader (or a kill) never meets a half-written file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    partial = path + ".partial"
+    with open(partial, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(partial, path)
+
+
+def write(data: dict, folder: str, json_path: str | None = None) -> None:
+    """results.md and the plots into `folder`; results.json to `json_path` (default: into `folder`)."""
     os.makedirs(folder, exist_ok=True)
     data["plots"] = plot(data, folder)
-    with open(os.path.join(folder, "results.json"), "w") as f:
-        json.dump(data, f, indent=1)
+    save_json(data, json_path or os.path.join(folder, "results.json"))
     text = markdown(data)
     with open(os.path.join(folder, "results.md"), "w") as f:
         f.write(text + "".join(f"\n![{p}]({p})\n" for p in data["plots"]))

@@ -10,8 +10,9 @@ custom ops, and are skipped while a CUDA graph is being captured or when disable
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -27,6 +28,18 @@ def set_value_checks(enabled: bool) -> None:
     """Turn the data-dependent checks (index ranges, counts) on or off for all ops."""
     global _value_checks
     _value_checks = bool(enabled)
+
+
+@contextlib.contextmanager
+def value_checks(enabled: bool) -> Iterator[None]:
+    """set_value_checks(enabled) inside a with block (e.g. off while timing), the previous setting after it."""
+    global _value_checks
+    previous = _value_checks
+    set_value_checks(enabled)
+    try:
+        yield
+    finally:
+        _value_checks = previous
 
 
 def value_checks_enabled(*tensors: torch.Tensor) -> bool:
