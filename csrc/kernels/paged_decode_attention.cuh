@@ -19,6 +19,7 @@
 
 #include "numeric.cuh"
 #include "params.h"
+#include "tensor_core_sm90.cuh"
 
 namespace neva {
 namespace decode {
@@ -134,16 +135,7 @@ struct BulkCopyTiles {
 
   // Stage s serves tiles s, s + 2, ...: tile i completes phase i / 2 of its barrier.
   __device__ __forceinline__ void wait(int tile, int stage, bool /*more_in_flight*/) {
-    const uint32_t barrier = shared_address(&barriers[stage]);
-    const uint32_t parity = (tile / 2) & 1;
-    uint32_t done = 0;
-    while (!done) {
-      asm volatile(
-          "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
-          : "=r"(done)
-          : "r"(barrier), "r"(parity)
-          : "memory");
-    }
+    sm90::mbarrier_wait(&barriers[stage], (tile / 2) & 1);
   }
 };
 template <typename T, int kHeadDim, int kTile>

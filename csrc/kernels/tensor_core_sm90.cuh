@@ -36,17 +36,32 @@ __device__ __forceinline__ void mbarrier_arrive_expect_tx(uint64_t* barrier, uin
                : "memory");
 }
 
+// A wait that never completes (an arrival or copy that never comes) traps after this long instead of hanging the GPU
+// and every later launch: the kernel fails with a launch error in seconds. Far above any real wait, sanitizers
+// included, and below 2^32 ns, so the low word of the clock (%globaltimer_lo) measures it across a wrap.
+constexpr uint32_t kMbarrierTimeoutNs = 3'000'000'000u;
+
 // Waits until the phase of parity `parity` has completed. On a fresh barrier parity 1 (the phase "before" the
-// first) counts as completed, so a producer can wait on its empty barriers from the first round on.
+// first) counts as completed, so a producer can wait on its empty barriers from the first round on. One PTX loop:
+// written in C++, the deadline's extra live range made the sm90 attention consumers spill.
 __device__ __forceinline__ void mbarrier_wait(uint64_t* barrier, uint32_t parity) {
-  uint32_t done = 0;
-  while (!done) {
-    asm volatile(
-        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(shared_address(barrier)), "r"(parity)
-        : "memory");
-  }
+  asm volatile(
+      "{\n"
+      " .reg .pred done, late;\n"
+      " .reg .u32 start, now;\n"
+      " mov.u32 start, %%globaltimer_lo;\n"
+      "WAIT:\n"
+      " mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      " @done bra DONE;\n"
+      " mov.u32 now, %%globaltimer_lo;\n"
+      " sub.u32 now, now, start;\n"
+      " setp.gt.u32 late, now, %2;\n"
+      " @late trap;\n"
+      " bra WAIT;\n"
+      "DONE:\n"
+      "}\n" ::"r"(shared_address(barrier)),
+      "r"(parity), "n"(kMbarrierTimeoutNs)
+      : "memory");
 }
 
 // ---- TMA ----
