@@ -14,9 +14,9 @@ import pytest
 import neva_kernels as nk
 from neva_kernels import cuda_archs
 from neva_kernels.cuda_backend import DECODE_HEAD_DIMS, FLASH_HEAD_DIMS, FLASH_SM90_HEAD_DIMS
-from tests.test_extension import CUOBJDUMP, needs_extension
+from tests.test_extension import CUOBJDUMP, names_architectures, needs_extension
 
-pytestmark = needs_extension
+pytestmark = [needs_extension, names_architectures]
 
 DTYPES = ("6__half", "13__nv_bfloat16", "f")  # as the mangled template arguments spell them
 ARCHS = set(cuda_archs.arch_names(cuda_archs.requested()))
