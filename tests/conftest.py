@@ -36,6 +36,19 @@ def pytest_runtest_makereport(item, call):
                            f"{numpy.__version__} refuses")
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """In a pytest-xdist worker on a GPU: a CUDA error that poisons the context (a kernel that trapped or faulted)
+    ends the worker after its test is reported, and xdist starts a fresh one, instead of failing every later test of
+    this worker. xdist also reports that test as having crashed the worker."""
+    yield
+    if os.environ.get("PYTEST_XDIST_WORKER") and torch.cuda.is_initialized():
+        try:
+            torch.cuda.synchronize()
+        except RuntimeError:  # torch.AcceleratorError too
+            os._exit(3)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
