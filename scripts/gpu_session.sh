@@ -92,7 +92,8 @@ step() {
 since_step() { tail -c +$(( OFFSET + 1 )) "$OUT/$1"; }  # the output of the last step in log $1
 
 # ---- probe ----------------------------------------------------------------------------------------------------
-mode=$( (( REHEARSE )) && echo '--rehearse ')
+mode=""
+(( REHEARSE )) && mode="--rehearse "
 note "gpu_session.sh ${mode}budget ${BUDGET}s, commit $(cat .commit 2>/dev/null || echo unknown), $(date -u +%FT%TZ)"
 gpu=$(probe nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv,noheader | head -n 1)
 note "gpu: ${gpu:-nvidia-smi gave no answer within ${PROBE_LIMIT}s}"
