@@ -19,7 +19,7 @@ TRITON_CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "n
 CUOBJDUMP = shutil.which("cuobjdump") or TRITON_CUOBJDUMP
 names_architectures = pytest.mark.skipif(
     CUOBJDUMP == TRITON_CUOBJDUMP and tuple(map(int, triton.__version__.split(".")[:2])) < (3, 8),
-    reason=f"triton {triton.__version__}'s cuobjdump names sm_90a cubins sm_90, and no CUDA toolkit cuobjdump is on PATH")
+    reason=f"triton {triton.__version__}'s cuobjdump names sm_90a cubins sm_90; no CUDA toolkit cuobjdump is on PATH")
 
 needs_extension = pytest.mark.skipif(cuda_backend.LOAD_ERROR is not None and not REQUIRED,
                                      reason=f"extension not built here: {cuda_backend.LOAD_ERROR}")
