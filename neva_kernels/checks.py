@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -57,9 +57,11 @@ def shape_str(shape: Sequence) -> str:
     return "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
 
 
-def expect(condition: bool, op: str, message: str, error: type = NevaValueError) -> None:
+def expect(condition: bool, op: str, message: str | Callable[[], str], error: type = NevaValueError) -> None:
+    """Raise `error` naming `op` unless `condition`. A message that needs formatting is passed as a function
+    that builds it, so that a passing check (every call of every op) formats nothing."""
     if not condition:
-        raise error(f"{op}: {message}")
+        raise error(f"{op}: {message if isinstance(message, str) else message()}")
 
 
 def expect_tensor(op: str, name: str, value, *, dtypes: Sequence[torch.dtype] = FLOAT_DTYPES,
@@ -70,18 +72,18 @@ def expect_tensor(op: str, name: str, value, *, dtypes: Sequence[torch.dtype] = 
     if value.dtype not in dtypes:
         raise NevaTypeError(f"{op}: '{name}' must have dtype {_dtype_names(dtypes)}, got {value.dtype}")
     if ndim is not None:
-        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        allowed = (ndim,) if isinstance(ndim, int) else ndim
         expect(value.dim() in allowed, op,
-               f"'{name}' must have {' or '.join(map(str, allowed))} dimensions, "
-               f"got {value.dim()} (shape {shape_str(value.shape)})")
+               lambda: f"'{name}' must have {' or '.join(map(str, allowed))} dimensions, "
+                       f"got {value.dim()} (shape {shape_str(value.shape)})")
     return value
 
 
 def expect_shape(op: str, name: str, value: torch.Tensor, shape: Sequence, why: str = "") -> None:
     """`value.shape` equals `shape`, where None matches any size."""
     ok = value.dim() == len(shape) and all(e is None or e == s for e, s in zip(shape, value.shape))
-    expect(ok, op, f"'{name}' must have shape {shape_str(shape)}{' ' + why if why else ''}, "
-                   f"got {shape_str(value.shape)}")
+    expect(ok, op, lambda: f"'{name}' must have shape {shape_str(shape)}{' ' + why if why else ''}, "
+                           f"got {shape_str(value.shape)}")
 
 
 def expect_same_device(op: str, **tensors) -> None:
@@ -90,7 +92,7 @@ def expect_same_device(op: str, **tensors) -> None:
     first_name, first = named[0]
     for name, t in named[1:]:
         expect(t.device == first.device, op,
-               f"'{name}' must be on the same device as '{first_name}' ({first.device}), got {t.device}")
+               lambda: f"'{name}' must be on the same device as '{first_name}' ({first.device}), got {t.device}")
 
 
 def expect_same_dtype(op: str, **tensors) -> None:
@@ -98,12 +100,12 @@ def expect_same_dtype(op: str, **tensors) -> None:
     first_name, first = named[0]
     for name, t in named[1:]:
         expect(t.dtype == first.dtype, op,
-               f"'{name}' must have the dtype of '{first_name}' ({first.dtype}), got {t.dtype}", NevaTypeError)
+               lambda: f"'{name}' must have the dtype of '{first_name}' ({first.dtype}), got {t.dtype}", NevaTypeError)
 
 
 def expect_contiguous(op: str, name: str, value: torch.Tensor, why: str) -> None:
     expect(value.is_contiguous(), op,
-           f"'{name}' must be contiguous ({why}), got strides {tuple(value.stride())}")
+           lambda: f"'{name}' must be contiguous ({why}), got strides {tuple(value.stride())}")
 
 
 def expect_index_range(op: str, name: str, values: torch.Tensor, low: int, high: int) -> None:
@@ -112,4 +114,4 @@ def expect_index_range(op: str, name: str, values: torch.Tensor, low: int, high:
         return
     smallest, largest = int(values.min()), int(values.max())
     expect(low <= smallest and largest < high, op,
-           f"'{name}' values must lie in [{low}, {high}), got values in [{smallest}, {largest}]")
+           lambda: f"'{name}' values must lie in [{low}, {high}), got values in [{smallest}, {largest}]")

@@ -43,4 +43,4 @@ def register_recompute_autograd(op, reference: Callable) -> None:
             result[i] = grad
         return tuple(result)
 
-    op.register_autograd(backward, setup_context=setup_context)
+    torch.library.register_autograd(op, backward, setup_context=setup_context)

@@ -7,12 +7,13 @@ from torch import Tensor
 from .. import backends
 from ..checks import (INDEX_DTYPES, expect_index_range, expect_same_device, expect_same_dtype, expect_shape,
                       expect_tensor, value_checks_enabled)
+from ._library import define
 from .paged_decode_attention import expect_kv_cache
 
 OP = "append_kv_cache"
 
 
-@torch.library.custom_op("neva::append_kv_cache", mutates_args=("k_cache", "v_cache"))
+@define("append_kv_cache", mutates_args=("k_cache", "v_cache"))
 def _append_kv_cache(k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, slot_mapping: Tensor,
                      backend: str) -> None:
     if value_checks_enabled(k):
@@ -20,7 +21,7 @@ def _append_kv_cache(k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, slo
     backends.implementation(OP, backend)(k, v, k_cache, v_cache, slot_mapping)
 
 
-@_append_kv_cache.register_fake
+@torch.library.register_fake(_append_kv_cache)
 def _(k, v, k_cache, v_cache, slot_mapping, backend):
     return None
 

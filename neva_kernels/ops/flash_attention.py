@@ -10,6 +10,7 @@ from .. import backends
 from ..checks import (INDEX_DTYPES, expect, expect_index_range, expect_same_device, expect_same_dtype, expect_shape,
                       expect_tensor, value_checks_enabled)
 from ..reference import compute_dtype
+from ._library import define
 
 OP = "flash_attention"
 MAX_HEAD_DIM = 256
@@ -23,11 +24,11 @@ def _check_cu_seqlens(cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, total_q: int, 
         lengths = cu[1:] - cu[:-1]
         first, last = int(cu[0]), int(cu[-1])
         expect(first == 0 and last == total, OP,
-               f"'{name}' must start at 0 and end at the token count {total}, got {first} .. {last}")
+               lambda: f"'{name}' must start at 0 and end at the token count {total}, got {first} .. {last}")
         expect_index_range(OP, f"{name} lengths", lengths, 0, (max_len if max_len is not None else total) + 1)
 
 
-@torch.library.custom_op("neva::flash_attention", mutates_args=())
+@define("flash_attention")
 def _flash_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, softmax_scale: float,
                      cu_seqlens_q: Tensor | None, cu_seqlens_k: Tensor | None, max_seqlen_q: int | None,
                      max_seqlen_k: int | None, backend: str) -> tuple[Tensor, Tensor]:
@@ -37,7 +38,7 @@ def _flash_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, softmax_scal
                                                 max_seqlen_q, max_seqlen_k)
 
 
-@_flash_attention.register_fake
+@torch.library.register_fake(_flash_attention)
 def _(q, k, v, causal, softmax_scale, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, backend):
     if cu_seqlens_q is None:
         lse_shape = (q.shape[0], q.shape[2], q.shape[1])
@@ -46,7 +47,7 @@ def _(q, k, v, causal, softmax_scale, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, 
     return q.new_empty(q.shape), q.new_empty(lse_shape, dtype=compute_dtype(q))
 
 
-@torch.library.custom_op("neva::flash_attention_backward", mutates_args=())
+@define("flash_attention_backward")
 def _flash_attention_backward(grad_out: Tensor, grad_lse: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
                               lse: Tensor, causal: bool, softmax_scale: float, cu_seqlens_q: Tensor | None,
                               cu_seqlens_k: Tensor | None, max_seqlen_q: int | None, max_seqlen_k: int | None,
@@ -56,7 +57,7 @@ def _flash_attention_backward(grad_out: Tensor, grad_lse: Tensor, q: Tensor, k: 
         max_seqlen_k)
 
 
-@_flash_attention_backward.register_fake
+@torch.library.register_fake(_flash_attention_backward)
 def _(grad_out, grad_lse, q, k, v, out, lse, *rest):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
@@ -77,7 +78,7 @@ def _flash_attention_grad(ctx, grad_out, grad_lse):
     return grad_q, grad_k, grad_v, None, None, None, None, None, None, None
 
 
-_flash_attention.register_autograd(_flash_attention_grad, setup_context=_save_for_backward)
+torch.library.register_autograd(_flash_attention, _flash_attention_grad, setup_context=_save_for_backward)
 
 
 def _check_layout(q: Tensor, k: Tensor, v: Tensor, packed: bool) -> None:
@@ -85,15 +86,16 @@ def _check_layout(q: Tensor, k: Tensor, v: Tensor, packed: bool) -> None:
     layout = "[total_tokens, heads, head_dim] (packed, with cu_seqlens)" if packed else "[batch, seq, heads, head_dim]"
     for name, t in (("q", q), ("k", k), ("v", v)):
         expect_tensor(OP, name, t)
-        expect(t.dim() == rank, OP, f"'{name}' must be {layout}, got shape {list(t.shape)}")
+        expect(t.dim() == rank, OP, lambda: f"'{name}' must be {layout}, got shape {list(t.shape)}")
     expect_same_dtype(OP, q=q, k=k, v=v)
     head_dim, kv_heads = q.shape[-1], k.shape[-2]
-    expect(1 <= head_dim <= MAX_HEAD_DIM, OP, f"head_dim must be in 1..{MAX_HEAD_DIM}, got {head_dim}")
+    expect(1 <= head_dim <= MAX_HEAD_DIM, OP, lambda: f"head_dim must be in 1..{MAX_HEAD_DIM}, got {head_dim}")
     batch = [] if packed else [q.shape[0]]
     expect_shape(OP, "k", k, batch + [None, None, head_dim], "(batch and head_dim of q)")
     expect_shape(OP, "v", v, list(k.shape), "(the shape of k)")
     expect(kv_heads > 0 and q.shape[-2] % kv_heads == 0, OP,
-           f"the query heads of 'q' ({q.shape[-2]}) must be a multiple of the key/value heads of 'k' ({kv_heads})")
+           lambda: f"the query heads of 'q' ({q.shape[-2]}) must be a multiple of the key/value heads of 'k' "
+                   f"({kv_heads})")
 
 
 def flash_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, softmax_scale: float | None = None,
@@ -120,12 +122,12 @@ def flash_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, softm
         expect_shape(OP, "cu_seqlens_k", cu_seqlens_k, list(cu_seqlens_q.shape), "(batch + 1, like cu_seqlens_q)")
     for name, value in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
         expect(value is None or (isinstance(value, int) and value >= 0), OP,
-               f"'{name}' must be None or an int >= 0, got {value!r}")
+               lambda: f"'{name}' must be None or an int >= 0, got {value!r}")
     expect_same_device(OP, q=q, k=k, v=v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(q.shape[-1])
     expect(isinstance(softmax_scale, (int, float)) and softmax_scale > 0, OP,
-           f"'softmax_scale' must be a number > 0, got {softmax_scale!r}")
+           lambda: f"'softmax_scale' must be a number > 0, got {softmax_scale!r}")
     args = (q, k, v, bool(causal), float(softmax_scale), cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     out, lse = _flash_attention(*args, backends.choose(OP, q.device, args, backend))
     return (out, lse) if return_lse else out

@@ -9,6 +9,7 @@ from torch import Tensor
 from .. import backends
 from ..checks import (expect, expect_contiguous, expect_index_range, expect_same_device, expect_same_dtype,
                       expect_shape, expect_tensor, value_checks_enabled)
+from ._library import define
 
 OP = "paged_decode_attention"
 
@@ -21,7 +22,8 @@ def expect_kv_cache(op: str, k_cache: Tensor, v_cache: Tensor) -> None:
     expect_same_dtype(op, k_cache=k_cache, v_cache=v_cache)
     for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
         expect_contiguous(op, name, cache, "[num_blocks, block_size, num_kv_heads, head_dim] pages are indexed in place")
-    expect(all(s > 0 for s in k_cache.shape), op, f"'k_cache' must have no empty dimension, got {list(k_cache.shape)}")
+    expect(all(s > 0 for s in k_cache.shape), op,
+           lambda: f"'k_cache' must have no empty dimension, got {list(k_cache.shape)}")
 
 
 def _check_values(block_tables: Tensor, seq_lens: Tensor, num_blocks: int, block_size: int) -> None:
@@ -31,7 +33,7 @@ def _check_values(block_tables: Tensor, seq_lens: Tensor, num_blocks: int, block
     expect_index_range(OP, "block_tables (blocks in use)", block_tables[used], 0, num_blocks)
 
 
-@torch.library.custom_op("neva::paged_decode_attention", mutates_args=())
+@define("paged_decode_attention")
 def _paged_decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor, seq_lens: Tensor,
                             softmax_scale: float, backend: str) -> Tensor:
     if value_checks_enabled(q):
@@ -39,7 +41,7 @@ def _paged_decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_t
     return backends.implementation(OP, backend)(q, k_cache, v_cache, block_tables, seq_lens, softmax_scale)
 
 
-@_paged_decode_attention.register_fake
+@torch.library.register_fake(_paged_decode_attention)
 def _(q, k_cache, v_cache, block_tables, seq_lens, softmax_scale, backend):
     return q.new_empty(q.shape)
 
@@ -59,7 +61,8 @@ def paged_decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_ta
     _, block_size, kv_heads, _ = k_cache.shape
     expect_shape(OP, "k_cache", k_cache, [None, None, None, head_dim], "(head_dim of q)")
     expect(q_heads % kv_heads == 0, OP,
-           f"the query heads of 'q' ({q_heads}) must be a multiple of the key/value heads of 'k_cache' ({kv_heads})")
+           lambda: f"the query heads of 'q' ({q_heads}) must be a multiple of the key/value heads of 'k_cache' "
+                   f"({kv_heads})")
     expect_tensor(OP, "block_tables", block_tables, dtypes=(torch.int32,), ndim=2)
     expect_shape(OP, "block_tables", block_tables, [batch, None], "(one row per sequence of q)")
     expect_tensor(OP, "seq_lens", seq_lens, dtypes=(torch.int32,), ndim=1)
@@ -68,6 +71,6 @@ def paged_decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_ta
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(head_dim)
     expect(isinstance(softmax_scale, (int, float)) and softmax_scale > 0, OP,
-           f"'softmax_scale' must be a number > 0, got {softmax_scale!r}")
+           lambda: f"'softmax_scale' must be a number > 0, got {softmax_scale!r}")
     args = (q, k_cache, v_cache, block_tables, seq_lens, float(softmax_scale))
     return _paged_decode_attention(*args, backends.choose(OP, q.device, args, backend))

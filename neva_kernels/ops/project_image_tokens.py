@@ -8,6 +8,7 @@ from .. import backends, reference
 from ..checks import (expect, expect_contiguous, expect_same_device, expect_same_dtype, expect_shape, expect_tensor,
                       value_checks_enabled)
 from ._autograd import register_recompute_autograd
+from ._library import define
 
 OP = "project_image_tokens"
 
@@ -15,11 +16,12 @@ OP = "project_image_tokens"
 def _check_counts(image_features: Tensor, image_token_mask: Tensor) -> None:
     rows = image_features.numel() // image_features.shape[-1] if image_features.shape[-1] else 0
     tokens = int(image_token_mask.sum())
-    expect(tokens == rows, OP, f"Image features and image tokens do not match: tokens: {tokens}, features {rows} "
-                               "('image_token_mask' must select one row of 'inputs_embeds' per image feature)")
+    expect(tokens == rows, OP,
+           lambda: f"Image features and image tokens do not match: tokens: {tokens}, features {rows} "
+                   "('image_token_mask' must select one row of 'inputs_embeds' per image feature)")
 
 
-@torch.library.custom_op("neva::project_image_tokens", mutates_args=("inputs_embeds",))
+@define("project_image_tokens", mutates_args=("inputs_embeds",))
 def _project_image_tokens(image_features: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None,
                           inputs_embeds: Tensor, image_token_mask: Tensor, backend: str) -> None:
     if value_checks_enabled(image_features):
@@ -27,12 +29,12 @@ def _project_image_tokens(image_features: Tensor, w1: Tensor, b1: Tensor | None,
     backends.implementation(OP, backend)(image_features, w1, b1, w2, b2, inputs_embeds, image_token_mask)
 
 
-@_project_image_tokens.register_fake
+@torch.library.register_fake(_project_image_tokens)
 def _(image_features, w1, b1, w2, b2, inputs_embeds, image_token_mask, backend):
     return None
 
 
-@torch.library.custom_op("neva::project_image_tokens_functional", mutates_args=())
+@define("project_image_tokens_functional")
 def _project_image_tokens_functional(image_features: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor,
                                      b2: Tensor | None, inputs_embeds: Tensor, image_token_mask: Tensor,
                                      backend: str) -> Tensor:
@@ -41,7 +43,7 @@ def _project_image_tokens_functional(image_features: Tensor, w1: Tensor, b1: Ten
     return out
 
 
-@_project_image_tokens_functional.register_fake
+@torch.library.register_fake(_project_image_tokens_functional)
 def _(image_features, w1, b1, w2, b2, inputs_embeds, image_token_mask, backend):
     return inputs_embeds.new_empty(inputs_embeds.shape)
 

@@ -6,35 +6,37 @@ from torch import Tensor
 
 from .. import backends, reference
 from ..checks import expect, expect_same_device, expect_same_dtype, expect_shape, expect_tensor
+from ._library import define
+
 OP = "rms_norm"
 
 
-@torch.library.custom_op("neva::rms_norm", mutates_args=())
+@define("rms_norm")
 def _rms_norm(x: Tensor, weight: Tensor, eps: float, backend: str) -> Tensor:
     return backends.implementation(OP, backend)(x, weight, eps)
 
 
-@_rms_norm.register_fake
+@torch.library.register_fake(_rms_norm)
 def _(x, weight, eps, backend):
     return x.new_empty(x.shape)
 
 
-@torch.library.custom_op("neva::fused_add_rms_norm", mutates_args=())
+@define("fused_add_rms_norm")
 def _fused_add_rms_norm(x: Tensor, weight: Tensor, eps: float, residual: Tensor, backend: str) -> tuple[Tensor, Tensor]:
     return backends.implementation(OP, backend)(x, weight, eps, residual)
 
 
-@_fused_add_rms_norm.register_fake
+@torch.library.register_fake(_fused_add_rms_norm)
 def _(x, weight, eps, residual, backend):
     return x.new_empty(x.shape), x.new_empty(x.shape)
 
 
-@torch.library.custom_op("neva::rms_norm_backward", mutates_args=())
+@define("rms_norm_backward")
 def _rms_norm_backward(grad_y: Tensor, h: Tensor, weight: Tensor, eps: float, backend: str) -> tuple[Tensor, Tensor]:
     return backends.implementation("rms_norm_backward", backend)(grad_y, h, weight, eps)
 
 
-@_rms_norm_backward.register_fake
+@torch.library.register_fake(_rms_norm_backward)
 def _(grad_y, h, weight, eps, backend):
     return h.new_empty(h.shape), weight.new_empty(weight.shape)
 
@@ -65,8 +67,9 @@ def _fused_add_rms_norm_grad(ctx, grad_y, grad_h):
     return grad_sum, grad_weight, None, grad_sum, None
 
 
-_rms_norm.register_autograd(_rms_norm_grad, setup_context=_save_normalized_input)
-_fused_add_rms_norm.register_autograd(_fused_add_rms_norm_grad, setup_context=_save_normalized_input)
+torch.library.register_autograd(_rms_norm, _rms_norm_grad, setup_context=_save_normalized_input)
+torch.library.register_autograd(_fused_add_rms_norm, _fused_add_rms_norm_grad,
+                                setup_context=_save_normalized_input)
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6, residual: Tensor | None = None, *,
@@ -77,10 +80,11 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6, residual: Tensor | No
     normalized output and the updated residual stream, in one pass over memory. Accumulation is in float32.
     """
     expect_tensor(OP, "x", x)
-    expect(x.dim() >= 1 and x.shape[-1] > 0, OP, f"'x' must have a non-empty last dimension, got shape {list(x.shape)}")
+    expect(x.dim() >= 1 and x.shape[-1] > 0, OP,
+           lambda: f"'x' must have a non-empty last dimension, got shape {list(x.shape)}")
     expect_tensor(OP, "weight", weight, ndim=1)
     expect_shape(OP, "weight", weight, [x.shape[-1]], "(the last dimension of x)")
-    expect(isinstance(eps, (int, float)) and eps >= 0, OP, f"'eps' must be a number >= 0, got {eps!r}")
+    expect(isinstance(eps, (int, float)) and eps >= 0, OP, lambda: f"'eps' must be a number >= 0, got {eps!r}")
     if residual is not None:
         expect_tensor(OP, "residual", residual)
         expect_shape(OP, "residual", residual, list(x.shape), "(the shape of x)")

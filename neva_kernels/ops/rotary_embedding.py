@@ -8,11 +8,12 @@ from .. import backends, reference
 from ..checks import (FLOAT_DTYPES, INDEX_DTYPES, expect, expect_index_range, expect_same_device, expect_same_dtype,
                       expect_shape, expect_tensor, value_checks_enabled)
 from ._autograd import register_recompute_autograd
+from ._library import define
 
 OP = "rotary_embedding"
 
 
-@torch.library.custom_op("neva::rotary_embedding", mutates_args=())
+@define("rotary_embedding")
 def _rotary_embedding(q: Tensor, k: Tensor, positions: Tensor, cos_sin_cache: Tensor, interleaved: bool,
                       backend: str) -> tuple[Tensor, Tensor]:
     if value_checks_enabled(q):
@@ -20,7 +21,7 @@ def _rotary_embedding(q: Tensor, k: Tensor, positions: Tensor, cos_sin_cache: Te
     return backends.implementation(OP, backend)(q, k, positions, cos_sin_cache, interleaved)
 
 
-@_rotary_embedding.register_fake
+@torch.library.register_fake(_rotary_embedding)
 def _(q, k, positions, cos_sin_cache, interleaved, backend):
     return q.new_empty(q.shape), k.new_empty(k.shape)
 
@@ -46,7 +47,7 @@ def rotary_embedding(q: Tensor, k: Tensor, positions: Tensor, cos_sin_cache: Ten
     expect_tensor(OP, "cos_sin_cache", cos_sin_cache, dtypes=FLOAT_DTYPES, ndim=2)
     rot_dim = cos_sin_cache.shape[1]
     expect(rot_dim % 2 == 0 and 0 < rot_dim <= q.shape[-1], OP,
-           f"'cos_sin_cache' must have an even number of columns (rot_dim) in 2..head_dim={q.shape[-1]}, "
+           lambda: f"'cos_sin_cache' must have an even number of columns (rot_dim) in 2..head_dim={q.shape[-1]}, "
            f"got {rot_dim}")
     expect_same_device(OP, q=q, k=k, positions=positions, cos_sin_cache=cos_sin_cache)
     args = (q, k, positions, cos_sin_cache, bool(interleaved))

@@ -123,7 +123,7 @@ def paged_decode(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tens
     batch, q_heads, head_dim = q.shape
     _, block_size, kv_heads, _ = k_cache.shape
     for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
-        expect(cache.data_ptr() % 16 == 0, OP, f"the triton kernel needs '{name}' to start 16-byte aligned")
+        expect(cache.data_ptr() % 16 == 0, OP, lambda: f"the triton kernel needs '{name}' to start 16-byte aligned")
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if batch == 0:
         return out
