@@ -11,6 +11,10 @@ Overrides, strongest first:
   2. a per-op setting: ``NEVA_KERNELS_BACKEND="rms_norm=cuda,flash_attention=triton"`` or ``set_backend(..., op=)``;
   3. a global setting: ``NEVA_KERNELS_BACKEND=torch`` or ``set_backend("torch")``.
 A requested backend that cannot run the call raises BackendUnavailableError saying why: never a silent fallback.
+
+What depends only on (op, device, dtype, requested backend) — which backends are built, run on that device and
+dtype, and in which order — is resolved on the first call and cached; a call then only asks the shape-dependent
+`supports` rules of its candidates (the torch backend has none), so the decode step pays a dict lookup per op.
 """
 from __future__ import annotations
 
@@ -40,6 +44,9 @@ class Implementation:
 
 
 _registry: dict[tuple[str, str], Implementation] = {}
+# (op, device, dtype, requested backend or None) -> the candidates in order: (backend, its shape-dependent
+# `supports` rule or None, why it cannot run here or None). Cleared whenever a backend registers or goes missing.
+_candidates: dict[tuple, tuple[tuple[str, Callable[..., str | None] | None, str | None], ...]] = {}
 # Why a whole backend is missing on this machine (set by the module that provides it), e.g. "triton is not installed".
 _backend_missing: dict[str, str] = {
     "cuda": "neva_kernels._C is not loaded",
@@ -54,6 +61,7 @@ def register(op: str, backend: str, supports: Callable[..., str | None] | None =
 
     def wrap(fn: Callable) -> Callable:
         _registry[(op, backend)] = Implementation(fn, supports)
+        _candidates.clear()
         return fn
     return wrap
 
@@ -64,6 +72,7 @@ def set_backend_missing(backend: str, reason: str | None) -> None:
         _backend_missing.pop(backend, None)
     else:
         _backend_missing[backend] = reason
+    _candidates.clear()
 
 
 def implementation(op: str, backend: str) -> Callable:
@@ -117,9 +126,16 @@ _read_environment()
 
 # ---- the choice per call ---------------------------------------------------------------------------------
 
-def _kernel_device_rule(backend: str, device: torch.device, args: tuple) -> str | None:
+def _float_dtype(args: tuple) -> torch.dtype:
+    """The dtype an op call computes in: that of its first floating-point tensor (every op's first argument)."""
+    first = args[0]
+    if isinstance(first, torch.Tensor) and first.is_floating_point():
+        return first.dtype
+    return next(a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point())
+
+
+def _kernel_device_rule(backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
     """The compiled backends run on CUDA tensors of fp16/bf16/fp32 (Triton also under its CPU interpreter)."""
-    dtype = next(a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point())
     if dtype == torch.float64:
         return f"the {backend} backend has no float64 kernels (the torch backend has)"
     if device.type == "cuda":
@@ -131,18 +147,22 @@ def _kernel_device_rule(backend: str, device: torch.device, args: tuple) -> str 
     return f"the {backend} backend runs on CUDA tensors, got tensors on {device}{hint}"
 
 
-def why_unable(op: str, backend: str, device: torch.device, args: tuple) -> str | None:
-    """None when `backend` can run `op(*args)` on `device`, else the reason it cannot."""
+def _why_unable_here(op: str, backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why `backend` cannot run `op` on `device` in `dtype` whatever the shapes (None: it may, see `supports`)."""
     if backend in _backend_missing:
         return _backend_missing[backend]
-    impl = _registry.get((op, backend))
-    if impl is None:
+    if (op, backend) not in _registry:
         return f"the {backend} backend has no implementation of {op}"
-    if backend != "torch":
-        reason = _kernel_device_rule(backend, device, args)
-        if reason is not None:
-            return reason
-    return impl.supports(*args) if impl.supports else None
+    return None if backend == "torch" else _kernel_device_rule(backend, device, dtype)
+
+
+def why_unable(op: str, backend: str, device: torch.device, args: tuple) -> str | None:
+    """None when `backend` can run `op(*args)` on `device`, else the reason it cannot."""
+    reason = _why_unable_here(op, backend, device, _float_dtype(args))
+    if reason is not None:
+        return reason
+    supports = _registry[(op, backend)].supports
+    return supports(*args) if supports else None
 
 
 def _load_measured_preferences() -> dict:
@@ -173,19 +193,30 @@ def _preference(op: str, device: torch.device) -> tuple[str, ...]:
     return measured + tuple(b for b in ("triton", "torch") if b not in measured)
 
 
+def _resolve(op: str, device: torch.device, dtype: torch.dtype, requested: str | None) -> tuple:
+    if requested is not None:
+        _check_backend_name(requested, op)
+        reason = _why_unable_here(op, requested, device, dtype)
+        return ((requested, None if reason else _registry[(op, requested)].supports, reason),)
+    return tuple((backend, _registry[(op, backend)].supports, None) for backend in _preference(op, device)
+                 if _why_unable_here(op, backend, device, dtype) is None)
+
+
 def choose(op: str, device: torch.device, args: tuple, requested: str | None = None) -> str:
     """The backend that runs `op(*args)`: the requested one (per call, per op, global) or the best able one."""
     requested = requested or _per_op_choice.get(op) or _global_choice
-    if requested is not None:
-        _check_backend_name(requested, op)
-        reason = why_unable(op, requested, device, args)
-        if reason is not None:
+    key = (op, device, _float_dtype(args), requested)
+    candidates = _candidates.get(key)
+    if candidates is None:
+        candidates = _candidates[key] = _resolve(*key)
+    for backend, supports, reason in candidates:
+        if reason is None and supports is not None:
+            reason = supports(*args)
+        if reason is None:
+            return backend
+        if requested is not None:
             raise BackendUnavailableError(f"{op}: backend '{requested}' was requested but cannot run this call: "
                                           f"{reason}")
-        return requested
-    for backend in _preference(op, device):
-        if why_unable(op, backend, device, args) is None:
-            return backend
     raise BackendUnavailableError(f"{op}: no backend can run this call on {device}")
 
 

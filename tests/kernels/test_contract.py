@@ -135,6 +135,25 @@ def test_cpu_tensors_pick_torch_automatically():
     assert backends.choose("rms_norm", i["x"].device, (i["x"], i["weight"], 1e-6)) == "torch"
 
 
+def test_the_backend_is_resolved_once_per_op_device_dtype_and_request(monkeypatch, restore_backend_settings):
+    i = small_inputs()
+    resolved, resolve = [], backends._resolve
+    monkeypatch.setattr(backends, "_resolve", lambda *key: resolved.append(key) or resolve(*key))
+    monkeypatch.setattr(backends, "_candidates", {})
+    for _ in range(3):
+        nk.rms_norm(i["x"], i["weight"])
+    nk.rms_norm(i["x"].double(), i["weight"].double())
+    nk.set_backend("torch", op="rms_norm")  # a setting is part of the key: it takes effect at once
+    nk.rms_norm(i["x"], i["weight"])
+    cpu = i["x"].device
+    assert resolved == [("rms_norm", cpu, torch.float32, None), ("rms_norm", cpu, torch.float64, None),
+                        ("rms_norm", cpu, torch.float32, "torch")]
+    nk.set_backend("cuda", op="rms_norm")  # an unable request is refused on every call, cached or not
+    for _ in range(2):
+        with pytest.raises(nk.BackendUnavailableError, match="backend 'cuda' was requested"):
+            nk.rms_norm(i["x"], i["weight"])
+
+
 def test_requesting_an_unable_backend_raises_with_the_reason():
     i = small_inputs()
     with pytest.raises(nk.BackendUnavailableError, match="rms_norm: backend 'cuda' was requested"):
