@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on CUDA, float32 on CPU")
     run.add_argument("--device", help="default: cuda when available, else cpu")
     run.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block")
-    run.add_argument("--cuda-graph", action="store_true", help="replay decode steps from a CUDA graph")
+    run.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                     help="replay decode steps from CUDA graphs (default: on CUDA devices)")
 
     sampling = ask.add_argument_group("sampling")
     sampling.add_argument("--max-new-tokens", type=int, default=256)

@@ -27,6 +27,7 @@ from torch import Tensor
 from neva_kernels import NevaError, NevaTypeError, NevaValueError, OutOfBlocksError, PagedKVCache, set_value_checks
 from neva_kernels.checks import value_checks_enabled
 
+from .cuda_graphs import DecodeGraphs
 from .decoder import AttentionBatch
 from .model import Neva, packed_prefill_batch
 from .sampling import SamplingParams, sample
@@ -107,13 +108,14 @@ class Engine:
     def __init__(self, model: Neva, *, max_batch_size: int = 8, max_seq_len: int | None = None,
                  block_size: int = 16, num_blocks: int | None = None, max_waiting: int = 1024,
                  detokenize: Callable[[list[int]], str] | None = None, eos_token_ids: tuple[int, ...] | None = None,
-                 value_checks: bool = False, cuda_graph: bool = False):
+                 value_checks: bool = False, cuda_graph: bool | None = None):
         """max_seq_len: the longest prompt + answer (default: min(2048, the model's max positions)).
         num_blocks: KV-cache blocks (default: enough for every slot at max_seq_len).
         max_waiting: requests that may wait for a slot; add_request refuses more (QueueFullError).
         value_checks: keep neva_kernels' data checks on inside the engine (each costs a device sync; the
         engine builds its slots, block tables and lengths itself, so they are off by default).
-        cuda_graph: replay the decode step from a CUDA graph captured at its first run (CUDA only)."""
+        cuda_graph: replay decode steps from CUDA graphs, one per batch-size bucket (neva_model.cuda_graphs);
+        default: on CUDA devices, not elsewhere (where it is an error)."""
         text = model.config.text
         max_seq_len = min(2048, text.max_position_embeddings) if max_seq_len is None else max_seq_len
         for name, value in (("max_batch_size", max_batch_size), ("max_seq_len", max_seq_len),
@@ -131,9 +133,6 @@ class Engine:
             raise NevaTypeError(f"Engine: eos_token_ids must be ints, got {eos!r}")
         self.model, self.detokenize, self.value_checks = model, detokenize, value_checks
         self.max_seq_len, self.max_waiting, self.device = max_seq_len, max_waiting, model.lm_head.weight.device
-        if cuda_graph and self.device.type != "cuda":
-            raise NevaValueError(f"Engine: cuda_graph needs the model on a CUDA device, it is on {self.device}")
-        self.cuda_graph, self._graph, self._graph_logits = cuda_graph, None, None
         self.eos_token_ids = set(eos)
         width = -(-max_seq_len // block_size)
         self.cache = PagedKVCache(text.num_layers, num_blocks or max_batch_size * width, block_size,
@@ -149,6 +148,9 @@ class Engine:
             new(max_batch_size)
         self.step_block_tables = new(max_batch_size, width, dtype=torch.int32)
         self.step_seq_lens = new(max_batch_size, dtype=torch.int32)
+        if cuda_graph is None:
+            cuda_graph = self.device.type == "cuda"
+        self.graphs = DecodeGraphs(self.decode_forward, max_batch_size, self.device) if cuda_graph else None
 
     @property
     def allocator(self):
@@ -308,26 +310,14 @@ class Engine:
         self.timings.prefill_tokens += len(ids)
         self._accept(sequences, tokens.tolist(), outputs)
 
-    def decode_forward(self) -> Tensor:
-        """Logits [slots, vocab] of one decode step, from the step_* tensors only (the CUDA-graph-able part)."""
-        batch = AttentionBatch(positions=self.step_positions, slot_mapping=self.step_slots,
-                               block_tables=self.step_block_tables, seq_lens=self.step_seq_lens)
-        hidden = self.model.language_model(self.model.embed(self.step_tokens), batch, self.cache)
+    def decode_forward(self, rows: int | None = None) -> Tensor:
+        """Logits [rows, vocab] of one decode step over the first `rows` slots (default all), from the step_*
+        tensors only (the CUDA-graph-able part)."""
+        rows = len(self.slots) if rows is None else rows
+        batch = AttentionBatch(positions=self.step_positions[:rows], slot_mapping=self.step_slots[:rows],
+                               block_tables=self.step_block_tables[:rows], seq_lens=self.step_seq_lens[:rows])
+        hidden = self.model.language_model(self.model.embed(self.step_tokens[:rows]), batch, self.cache)
         return self.model.lm_head(hidden)
-
-    def _replay_decode_forward(self) -> Tensor:
-        """decode_forward from a CUDA graph, captured on first use; the step tensors are its fixed inputs."""
-        if self._graph is None:
-            side, main = torch.cuda.Stream(self.device), torch.cuda.current_stream(self.device)
-            side.wait_stream(main)
-            with torch.cuda.stream(side):
-                self.decode_forward()  # warm-up: kernels compiled, tuned and caches built outside the capture
-            main.wait_stream(side)
-            self._graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self._graph):
-                self._graph_logits = self.decode_forward()
-        self._graph.replay()
-        return self._graph_logits
 
     def _fill_step_tensors(self, active: list[tuple[int, _Sequence]]) -> None:
         """Write the decode step's inputs: each active slot's last token at its next position, one new cache slot."""
@@ -348,7 +338,8 @@ class Engine:
         with self._timed("decode_s"):
             active = [(i, s) for i, s in enumerate(self.slots) if s is not None]
             self._fill_step_tensors(active)
-            logits = self._replay_decode_forward() if self.cuda_graph else self.decode_forward()
+            span = active[-1][0] + 1  # the step runs the slots up to the last occupied one
+            logits = self.graphs.run(span) if self.graphs else self.decode_forward(span)
             sequences = [s for _, s in active]
             new = sample(logits[[i for i, _ in active]], [s.request.sampling for s in sequences],
                          [s.generator for s in sequences]).tolist()

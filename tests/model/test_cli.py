@@ -83,6 +83,13 @@ def test_steerlm_attributes_from_the_command_line():
     assert _steerlm(ask("--humor", "3", "--not-appropriate", "1")) == SteerLMAttributes(humor=3, not_appropriate=1)
 
 
+def test_cuda_graphs_follow_the_engine_default_unless_turned_on_or_off():
+    ask = (lambda *extra: _parser().parse_args(["ask", "--image", "i", "q", *extra]))
+    assert ask().cuda_graph is None  # Engine's default: graphs on CUDA devices, eager elsewhere
+    assert ask("--no-cuda-graph").cuda_graph is False
+    assert ask("--cuda-graph").cuda_graph is True
+
+
 def test_ask_on_a_checkpoint_with_wrong_shapes_names_the_tensor(model_dir, image_file, tmp_path, capsys):
     _, _, directory = model_dir
     broken = shutil.copytree(directory, tmp_path / "broken")
