@@ -1,11 +1,10 @@
 """The registry of neva's custom ops (torch.ops.neva.*): torch.library.Library.define + impl.
 
-torch.library.custom_op would infer the same schemas and register the same kernels, but its calls pass
-through Python wrappers (a dynamo-disabled frame, output-alias checks) that cost about ten times the
-dispatch itself on a CPU (benchmarks/host_overhead.py measures the op calls; measured on a 2-core machine:
-~130-220 us per custom_op call against ~8 us for the same function defined here). Fakes and autograd are
-registered with torch.library.register_fake / register_autograd, so torch.compile, FakeTensorMode and
-opcheck see the same op.
+torch.library.custom_op would infer the same schemas and register the same kernels, but every call of its
+ops passes through Python wrappers (a dynamo-disabled frame, a check that no output aliases an input) on top of
+the dispatch; the "registration" case of benchmarks/host_overhead.py measures both against a C++-registered op.
+Fakes and autograd are registered with torch.library.register_fake / register_autograd, so torch.compile,
+FakeTensorMode and opcheck see the same ops as before.
 """
 from __future__ import annotations
 
