@@ -110,7 +110,8 @@ class PagedKVCache:
         shape = (num_layers, num_blocks, block_size, num_kv_heads, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self._layers = [(self.k[i], self.v[i]) for i in range(num_layers)]  # made once, not per layer per step
 
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(k_cache, v_cache) of one layer: contiguous [num_blocks, block_size, num_kv_heads, head_dim] views."""
-        return self.k[index], self.v[index]
+        return self._layers[index]
