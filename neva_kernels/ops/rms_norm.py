@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import backends, reference
+from .. import backends
 from ..checks import expect, expect_same_device, expect_same_dtype, expect_shape, expect_tensor
 from ._library import define
 
