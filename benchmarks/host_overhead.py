@@ -5,16 +5,19 @@ time matters as much as the kernels'. Both measurements are host wall-clock time
 arithmetic is negligible, interleaved round by round (every implementation once per round, medians over the
 rounds) so that a shared, noisy machine slows them alike:
 
-- per op: each public op (value checks on, as a user calls it) against the same maths in raw torch ops (the
-  reference function called directly: no checks, no custom-op dispatch, no backend choice); the difference is
-  neva's overhead per call. On a GPU the public op is also timed on its automatic backend.
+- per op: each public op on the torch backend, with its value checks (on for a user's calls) and without (as
+  the Engine calls it), against the same maths in raw torch ops (the reference function called directly: no
+  checks, no custom-op dispatch, no backend choice); the difference is neva's overhead per call. On a GPU the
+  public op is also timed on its automatic backend.
 - per layer: one decode step of neva's Engine against transformers' eager `generate` (no torch.compile, its
   default attention) on the same tiny decoder (hidden 64, 24 layers, GQA 2:1), batch 1, divided by the layers.
   A step's time is the difference of two generations that differ only in their number of new tokens, so
   prefill and set-up cancel out. On a GPU the engine is timed with and without its CUDA graphs.
 
-On a GPU the host time of a call is the time to enqueue its work (the device is synchronized before each
-timed run, not after), which is what the GPU waits for at these widths.
+Host time is the CPU time of the calling thread (torch at one thread), not wall-clock time: on a machine
+shared with other work, wall-clock time also counts the waits while other processes run. On a GPU it is the
+time to enqueue the work (the device is synchronized before each timed run, not after), which is what the GPU
+waits for at these widths.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import torch
 
 import neva_kernels as nk
 from neva_kernels import reference
+from neva_kernels.checks import value_checks_enabled
 from neva_model import Engine, NevaConfig, Request, SamplingParams, TextConfig, VisionConfig
 
 from .case import Case
@@ -45,16 +49,21 @@ def interleaved_host_us(calls: dict[str, Callable[[], object]], rounds: int, cal
     """Per-call host microseconds of each call, one sample per round, the calls taking turns within a round."""
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     samples: dict[str, list[float]] = {name: [] for name in calls}
-    for call in calls.values():  # warm-up: caches built, kernels compiled
-        call()
-    for _ in range(rounds):
-        for name, call in calls.items():
-            sync()
-            start = time.perf_counter()
-            for _ in range(calls_per_round):
-                call()
-            samples[name].append((time.perf_counter() - start) / calls_per_round * 1e6)
-    sync()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # all of the host's work in this thread, where thread_time sees it
+    try:
+        for call in calls.values():  # warm-up: caches built, kernels compiled
+            call()
+        for _ in range(rounds):
+            for name, call in calls.items():
+                sync()
+                start = time.thread_time()
+                for _ in range(calls_per_round):
+                    call()
+                samples[name].append((time.thread_time() - start) / calls_per_round * 1e6)
+        sync()
+    finally:
+        torch.set_num_threads(threads)
     return samples
 
 
@@ -101,9 +110,23 @@ def _automatic_backend(op: str, args: tuple) -> str:
     return nk.backends.choose(op, args[0].device, args)
 
 
+def _without_value_checks(call: Callable[[], object]) -> Callable[[], object]:
+    """`call` with neva_kernels' data checks off, as the Engine runs the ops."""
+    def run():
+        previous = value_checks_enabled()
+        nk.set_value_checks(False)
+        try:
+            return call()
+        finally:
+            nk.set_value_checks(previous)
+    return run
+
+
 def _op_case(op: str, label: str, public: Callable, args: tuple, device: torch.device, quick: bool) -> Case:
     raw = getattr(reference, op)
-    calls = {"neva-op": torch.inference_mode()(lambda: public(*args, backend="torch")),
+    checked = (lambda: public(*args, backend="torch"))
+    calls = {"neva-op": torch.inference_mode()(checked),
+             "neva-op-no-value-checks": torch.inference_mode()(_without_value_checks(checked)),
              "raw-torch": torch.inference_mode()(lambda: raw(*args))}
     automatic = _automatic_backend(op, args)
     if automatic != "torch":
