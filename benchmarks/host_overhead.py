@@ -142,24 +142,26 @@ def _op_case(op: str, label: str, public: Callable, args: tuple, device: torch.d
 # ---- the registration of a custom op --------------------------------------------------------------------
 
 def _registration_case(device: torch.device, quick: bool) -> Case:
-    """One body (a clone) called through each way of registering an op: what the dispatch itself costs."""
-    def body(x: torch.Tensor) -> torch.Tensor:
+    """One body (a clone) with rms_norm's signature, called through each way of registering an op: what the
+    dispatch itself costs."""
+    def body(x: torch.Tensor, weight: torch.Tensor, eps: float, backend: str) -> torch.Tensor:
         return x.clone()
     if not hasattr(torch.ops.neva_host_bench, "custom_op"):  # registered once per process
         library = torch.library.Library("neva_host_bench", "FRAGMENT")
-        library.define("library(Tensor x) -> Tensor")
+        library.define("library(Tensor x, Tensor weight, float eps, str backend) -> Tensor")
         library.impl("library", body, "CompositeExplicitAutograd")
         # Both unregister their op when collected: keep them for the process.
         _registration_case.keep = (library, torch.library.custom_op("neva_host_bench::custom_op", body,
                                                                       mutates_args=()))
-    x = torch.randn(1, TEXT.hidden_size, device=device)
-    calls = {"torch.library.custom_op": lambda: torch.ops.neva_host_bench.custom_op.default(x),
-             "Library.define+impl (neva's)": lambda: torch.ops.neva_host_bench.library.default(x),
+    x, weight = torch.randn(1, TEXT.hidden_size, device=device), torch.randn(TEXT.hidden_size, device=device)
+    calls = {"torch.library.custom_op": lambda: torch.ops.neva_host_bench.custom_op.default(x, weight, 1e-6, "torch"),
+             "Library.define+impl (neva's)": lambda: torch.ops.neva_host_bench.library.default(x, weight, 1e-6,
+                                                                                                "torch"),
              "C++-registered (aten::clone)": lambda: torch.ops.aten.clone.default(x),
-             "the body called directly": lambda: body(x)}
+             "the body called directly": lambda: body(x, weight, 1e-6, "torch")}
     calls = {name: torch.inference_mode()(call) for name, call in calls.items()}
     rounds, per_round = (15, 20) if quick else (60, 50)
-    return Case(op="host overhead per op call", label="registration: one clone through each", size=1,
+    return Case(op="host overhead per op call", label="registration: rms_norm's signature, a clone as body", size=1,
                 implementations=calls,
                 measure=lambda: _median_ms(interleaved_host_us(calls, rounds, per_round, device)))
 
