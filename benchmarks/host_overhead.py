@@ -29,7 +29,7 @@ import torch
 
 import neva_kernels as nk
 from neva_kernels import reference
-from neva_kernels.checks import value_checks_enabled
+from neva_kernels.checks import value_checks
 from neva_model import Engine, NevaConfig, Request, SamplingParams, TextConfig, VisionConfig
 
 from .case import Case
@@ -113,12 +113,8 @@ def _automatic_backend(op: str, args: tuple) -> str:
 def _without_value_checks(call: Callable[[], object]) -> Callable[[], object]:
     """`call` with neva_kernels' data checks off, as the Engine runs the ops."""
     def run():
-        previous = value_checks_enabled()
-        nk.set_value_checks(False)
-        try:
+        with value_checks(False):
             return call()
-        finally:
-            nk.set_value_checks(previous)
     return run
 
 
