@@ -8,14 +8,14 @@ from . import cuda_backend, reference, triton_kernels  # noqa: F401  (the backen
 from .backends import BACKENDS, OPS, set_backend
 from .checks import set_value_checks
 from .errors import BackendUnavailableError, NevaError, NevaTypeError, NevaValueError, OutOfBlocksError
-from .ops import (append_kv_cache, flash_attention, paged_decode_attention, project_image_tokens, rms_norm,
-                  rotary_embedding)
+from .ops import (append_kv_cache, flash_attention, layer_norm, paged_decode_attention, project_image_tokens,
+                  rms_norm, rotary_embedding)
 from .paged_cache import BlockAllocator, PagedKVCache
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS", "OPS", "BackendUnavailableError", "BlockAllocator", "NevaError", "NevaTypeError", "NevaValueError",
-    "OutOfBlocksError", "PagedKVCache", "append_kv_cache", "flash_attention", "paged_decode_attention",
+    "OutOfBlocksError", "PagedKVCache", "append_kv_cache", "flash_attention", "layer_norm", "paged_decode_attention",
     "project_image_tokens", "rms_norm", "rotary_embedding", "set_backend", "set_value_checks",
 ]

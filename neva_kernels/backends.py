@@ -30,10 +30,10 @@ from .errors import BackendUnavailableError, NevaValueError
 __all__ = ["BACKENDS", "OPS", "BackendUnavailableError", "choose", "register", "set_backend"]
 
 BACKENDS = ("cuda", "triton", "torch")
-OPS = ("rms_norm", "flash_attention", "paged_decode_attention", "append_kv_cache", "rotary_embedding",
+OPS = ("rms_norm", "layer_norm", "flash_attention", "paged_decode_attention", "append_kv_cache", "rotary_embedding",
        "project_image_tokens")
 # Gradients with their own kernels; a backend without one leaves the backward to the torch reference.
-BACKWARD_OPS = ("rms_norm_backward", "flash_attention_backward")
+BACKWARD_OPS = ("rms_norm_backward", "layer_norm_backward", "flash_attention_backward")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,15 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-# ---- rms_norm ------------------------------------------------------------------------------------------
+# ---- rms_norm and layer_norm ---------------------------------------------------------------------------
+
+def residual_stream(x: Tensor, residual: Tensor | None) -> Tensor:
+    """h = x, or x + residual rounded once to x's dtype: the stream an unfused model carries."""
+    if residual is None:
+        return x
+    cdt = compute_dtype(x)
+    return (x.to(cdt) + residual.to(cdt)).to(x.dtype)
+
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float, residual: Tensor | None = None):
     """y = h / sqrt(mean(h^2) + eps) * weight with h = x, or h = x + residual.
@@ -26,7 +34,7 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float, residual: Tensor | None = No
     unfused ``residual = x + residual; y = norm(residual)`` computes it.
     """
     cdt = compute_dtype(x)
-    h = x if residual is None else (x.to(cdt) + residual.to(cdt)).to(x.dtype)
+    h = residual_stream(x, residual)
     hf = h.to(cdt)
     y = hf * torch.rsqrt(hf.pow(2).mean(dim=-1, keepdim=True) + eps) * weight.to(cdt)
     y = y.to(x.dtype).contiguous()
@@ -47,6 +55,47 @@ def rms_norm_backward(grad_y: Tensor, h: Tensor, weight: Tensor, eps: float):
     grad_h = r * (g - n * (g * n).mean(dim=-1, keepdim=True))
     grad_weight = (grad_y.to(cdt) * n).reshape(-1, h.shape[-1]).sum(dim=0)
     return grad_h.to(h.dtype).contiguous(), grad_weight.to(weight.dtype)
+
+
+def _norm_scale(weight: Tensor, zero_centered_weight: bool, cdt: torch.dtype) -> Tensor:
+    """The factor applied to the normalized row: weight, or 1 + weight for a zero-centred weight (LayerNorm1p)."""
+    return weight.to(cdt) + 1.0 if zero_centered_weight else weight.to(cdt)
+
+
+def layer_norm(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float, residual: Tensor | None = None,
+               zero_centered_weight: bool = False):
+    """y = (h - mean(h)) / sqrt(var(h) + eps) * w + bias, w = weight or 1 + weight, h = x or x + residual.
+
+    var is the biased variance (mean of squared deviations), as torch.nn.LayerNorm computes it. With a residual,
+    returns (y, h) as rms_norm does.
+    """
+    cdt = compute_dtype(x)
+    h = residual_stream(x, residual)
+    centered = h.to(cdt) - h.to(cdt).mean(dim=-1, keepdim=True)
+    y = centered * torch.rsqrt(centered.pow(2).mean(dim=-1, keepdim=True) + eps)
+    y = y * _norm_scale(weight, zero_centered_weight, cdt)
+    if bias is not None:
+        y = y + bias.to(cdt)
+    y = y.to(x.dtype).contiguous()
+    return y if residual is None else (y, h.contiguous())
+
+
+def layer_norm_backward(grad_y: Tensor, h: Tensor, weight: Tensor, eps: float, zero_centered_weight: bool = False):
+    """Gradients of y = layer_norm(h) * w + bias: returns (grad_h, grad_weight, grad_bias).
+
+    With r = 1/sqrt(var(h) + eps), n = (h - mean(h)) * r and g = grad_y * w: grad_h = r * (g - mean(g) -
+    n * mean(g * n)); grad_weight = sum over rows of grad_y * n (also for 1 + weight); grad_bias = sum of grad_y.
+    """
+    cdt = compute_dtype(h)
+    hf, grad_yf = h.to(cdt), grad_y.to(cdt)
+    centered = hf - hf.mean(dim=-1, keepdim=True)
+    r = torch.rsqrt(centered.pow(2).mean(dim=-1, keepdim=True) + eps)
+    n = centered * r
+    g = grad_yf * _norm_scale(weight, zero_centered_weight, cdt)
+    grad_h = r * (g - g.mean(dim=-1, keepdim=True) - n * (g * n).mean(dim=-1, keepdim=True))
+    rows = (lambda t: t.reshape(-1, h.shape[-1]))
+    grad_weight, grad_bias = rows(grad_yf * n).sum(dim=0), rows(grad_yf).sum(dim=0)
+    return grad_h.to(h.dtype).contiguous(), grad_weight.to(weight.dtype), grad_bias.to(weight.dtype)
 
 
 # ---- attention -----------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 under the interpreter, whose @triton.jit wrappers cannot be compiled) and returns, per spec, what the PTX
 contains and what the ptxas shipped inside the triton package reports (registers, spills, shared memory).
 
-A spec: {"kernel": "neva_kernels.triton_kernels.rms_norm:_rms_norm_kernel", "signature": {"x_ptr": "*bf16",
+A spec: {"kernel": "neva_kernels.triton_kernels.row_norm:_row_norm_kernel", "signature": {"x_ptr": "*bf16",
 "n": "i32", "BLOCK": "constexpr", ...}, "constexprs": {"BLOCK": 1024}, "capability": 90, "num_warps": 4,
 "num_stages": 3, "divisible_by_16": ["x_ptr", "stride_row"]}. Every argument of the kernel appears in the
 signature. "divisible_by_16" names the arguments that Triton's launcher would specialize at run time (pointers

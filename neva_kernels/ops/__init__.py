@@ -2,6 +2,7 @@
 from .. import backends, reference
 from .append_kv_cache import append_kv_cache
 from .flash_attention import flash_attention
+from .layer_norm import layer_norm
 from .paged_decode_attention import paged_decode_attention
 from .project_image_tokens import project_image_tokens
 from .rms_norm import rms_norm
@@ -11,5 +12,5 @@ from .rotary_embedding import rotary_embedding
 for _op in backends.OPS + backends.BACKWARD_OPS:
     backends.register(_op, "torch")(getattr(reference, _op))
 
-__all__ = ["append_kv_cache", "flash_attention", "paged_decode_attention", "project_image_tokens", "rms_norm",
+__all__ = ["append_kv_cache", "flash_attention", "layer_norm", "paged_decode_attention", "project_image_tokens", "rms_norm",
            "rotary_embedding"]

@@ -5,8 +5,8 @@ import torch
 from torch import Tensor
 
 from .. import backends
-from ..checks import expect, expect_same_device, expect_same_dtype, expect_shape, expect_tensor
 from ._library import define
+from ._row_norm import check_row_norm_args
 
 OP = "rms_norm"
 
@@ -79,17 +79,7 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6, residual: Tensor | No
     With `residual` (same shape and dtype as x) this computes h = x + residual first and returns (y, h): the
     normalized output and the updated residual stream, in one pass over memory. Accumulation is in float32.
     """
-    expect_tensor(OP, "x", x)
-    expect(x.dim() >= 1 and x.shape[-1] > 0, OP,
-           lambda: f"'x' must have a non-empty last dimension, got shape {list(x.shape)}")
-    expect_tensor(OP, "weight", weight, ndim=1)
-    expect_shape(OP, "weight", weight, [x.shape[-1]], "(the last dimension of x)")
-    expect(isinstance(eps, (int, float)) and eps >= 0, OP, lambda: f"'eps' must be a number >= 0, got {eps!r}")
-    if residual is not None:
-        expect_tensor(OP, "residual", residual)
-        expect_shape(OP, "residual", residual, list(x.shape), "(the shape of x)")
-    expect_same_dtype(OP, x=x, weight=weight, residual=residual)
-    expect_same_device(OP, x=x, weight=weight, residual=residual)
+    check_row_norm_args(OP, x, weight, eps, residual)
     args = (x, weight, float(eps)) if residual is None else (x, weight, float(eps), residual)
     chosen = backends.choose(OP, x.device, args, backend)
     return _rms_norm(*args, chosen) if residual is None else _fused_add_rms_norm(*args, chosen)

@@ -11,5 +11,5 @@ except ImportError as error:
     backends.set_backend_missing("triton", f"triton is not installed ({error})")
 else:
     backends.set_backend_missing("triton", None)
-    from . import append_kv_cache, paged_decode_attention, rms_norm, rotary_embedding  # noqa: F401  (register)
+    from . import append_kv_cache, layer_norm, paged_decode_attention, rms_norm, rotary_embedding  # noqa: F401
     from . import flash_attention, flash_attention_backward, project_image_tokens  # noqa: F401  (register)

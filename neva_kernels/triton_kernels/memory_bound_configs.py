@@ -17,11 +17,13 @@ import triton
 SM80, SM90 = 80, 90
 ARCHS = (SM80, SM90)
 
-# rms_norm keeps a whole row in registers: rows wider than this are refused (LLaMA-family models use <= 8192).
-RMS_NORM_MAX_HIDDEN = 16384
-# The backward holds four rows (grad_y, h, weight, the grad_weight sum): wider ones spill, and autograd falls back
-# to the torch backward for them.
+# rms_norm and layer_norm keep a whole row in registers: rows wider than this are refused (LLaMA- and
+# Nemotron-family models use <= 8192).
+ROW_NORM_MAX_HIDDEN = 16384
+# The rms_norm backward holds four rows (grad_y, h, weight, the grad_weight sum), the layer_norm one a fifth (the
+# grad_bias sum): wider rows spill, and autograd falls back to the torch backward for them.
 RMS_NORM_BACKWARD_MAX_HIDDEN = 8192
+LAYER_NORM_BACKWARD_MAX_HIDDEN = 8192
 # Head dims the decode kernel is compiled for (padded up to a power of two inside the kernel).
 DECODE_MAX_HEAD_DIM = 256
 # The split-KV merge kernel holds the log-sum-exp of every split of one head in one vector of this length.
@@ -59,20 +61,20 @@ def sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-# ---- rms_norm ----------------------------------------------------------------------------------------------
+# ---- rms_norm and layer_norm ---------------------------------------------------------------------------
 
-def rms_norm_block(hidden: int) -> int:
+def row_norm_block(hidden: int) -> int:
     """The power-of-two tile that holds one row; at least one 16-byte vector per lane of a warp."""
     return max(triton.next_power_of_2(hidden), 256)
 
 
-def rms_norm_launch(block: int, arch: int) -> Launch:
+def row_norm_launch(block: int, arch: int) -> Launch:
     """Warps per row: 16 elements per thread on sm80, 8 on sm90 (more warps keep more loads in flight)."""
     elements_per_thread = 16 if arch == SM80 else 8
     return Launch(num_warps=min(max(block // (32 * elements_per_thread), 1), 16))
 
 
-def rms_norm_backward_rows_per_program(rows: int, device: torch.device) -> int:
+def row_norm_backward_rows_per_program(rows: int, device: torch.device) -> int:
     """Rows one backward program walks: enough programs to fill every SM a few times, so the partial
     grad_weight sums (one fp32 row per program) stay few."""
     programs = 4 * sm_count(device)

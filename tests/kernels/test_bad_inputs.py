@@ -11,6 +11,8 @@ def call(op, **changes):
     i = {**small_inputs(), **changes}
     return {
         "rms_norm": lambda: nk.rms_norm(i["x"], i["weight"], i.get("eps", 1e-6), residual=i.get("res")),
+        "layer_norm": lambda: nk.layer_norm(i["x"], i["weight"], i["bias"], i.get("eps", 1e-5), residual=i.get("res"),
+                                            zero_centered_weight=i.get("zero_centered", False)),
         "flash": lambda: nk.flash_attention(i["q"], i["k"], i["v"], softmax_scale=i.get("scale")),
         "packed": lambda: nk.flash_attention(i["packed_q"], i["packed_k"], i["packed_v"], False, None,
                                              i["cu_q"], i["cu_k"], i.get("max_q"), None),
@@ -38,6 +40,20 @@ CASES = [
      "'residual' must have shape [3, 769] (the shape of x), got [2, 769]"),
     ("rms_norm negative eps", "rms_norm", dict(eps=-1.0), nk.NevaValueError, "'eps' must be a number >= 0"),
     ("rms_norm not a tensor", "rms_norm", dict(x=[1.0, 2.0]), nk.NevaTypeError, "'x' must be a torch.Tensor, got list"),
+    ("layer_norm bias size", "layer_norm", dict(bias=i["bias"][:-1]), nk.NevaValueError,
+     "'bias' must have shape [769] (the last dimension of x), got [768]"),
+    ("layer_norm bias dtype", "layer_norm", dict(bias=i["bias"].double()), nk.NevaTypeError,
+     "'bias' must have the dtype of 'x' (torch.float32), got torch.float64"),
+    ("layer_norm weight rank", "layer_norm", dict(weight=i["x"]), nk.NevaValueError,
+     "'weight' must have 1 dimensions, got 2 (shape [3, 769])"),
+    ("layer_norm residual device", "layer_norm", dict(res=i["residual"].to("meta")), nk.NevaValueError,
+     "'residual' must be on the same device as 'x' (cpu), got meta"),
+    ("layer_norm empty rows", "layer_norm", dict(x=torch.randn(3, 0)), nk.NevaValueError,
+     "'x' must have a non-empty last dimension, got shape [3, 0]"),
+    ("layer_norm eps not a number", "layer_norm", dict(eps="1e-5"), nk.NevaValueError,
+     "'eps' must be a number >= 0, got '1e-5'"),
+    ("layer_norm zero_centered not a bool", "layer_norm", dict(zero_centered=1), nk.NevaValueError,
+     "'zero_centered_weight' must be a bool, got int"),
     ("flash rank", "flash", dict(q=i["q"][0]), nk.NevaValueError,
      "'q' must be [batch, seq, heads, head_dim], got shape [9, 4, 40]"),
     ("flash heads do not divide", "flash", dict(k=torch.randn(2, 11, 3, 40), v=torch.randn(2, 11, 3, 40)),
@@ -118,5 +134,5 @@ def test_bad_input_raises_a_clear_error(case):
 
 
 def test_valid_inputs_pass_every_check():
-    for op in ("rms_norm", "flash", "packed", "decode", "append", "rotary", "project"):
+    for op in ("rms_norm", "layer_norm", "flash", "packed", "decode", "append", "rotary", "project"):
         call(op)

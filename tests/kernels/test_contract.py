@@ -14,7 +14,7 @@ def small_inputs(dtype=torch.float32, requires_grad=False, hidden=769, d=40):
         return torch.randn(*shape, dtype=dtype, requires_grad=requires_grad)
     num_blocks, block_size, hkv = 5, 16, 2
     return dict(
-        x=rand(3, hidden), weight=rand(hidden), residual=rand(3, hidden),
+        x=rand(3, hidden), weight=rand(hidden), bias=rand(hidden), residual=rand(3, hidden),
         q=rand(2, 9, 4, d), k=rand(2, 11, hkv, d), v=rand(2, 11, hkv, d),
         packed_q=rand(10, 4, d), packed_k=rand(13, hkv, d), packed_v=rand(13, hkv, d),
         cu_q=torch.tensor([0, 1, 10], dtype=torch.int32), cu_k=torch.tensor([0, 4, 13], dtype=torch.int32),
@@ -38,6 +38,10 @@ def opcheck_cases():
     return {
         "rms_norm": (torch.ops.neva.rms_norm, (i["x"], i["weight"], 1e-6, "torch")),
         "fused_add_rms_norm": (torch.ops.neva.fused_add_rms_norm, (i["x"], i["weight"], 1e-6, i["residual"], "torch")),
+        "layer_norm": (torch.ops.neva.layer_norm, (i["x"], i["weight"], i["bias"], 1e-5, False, "torch")),
+        "layer_norm_without_bias": (torch.ops.neva.layer_norm, (i["x"], i["weight"], None, 1e-5, True, "torch")),
+        "fused_add_layer_norm": (torch.ops.neva.fused_add_layer_norm,
+                                 (i["x"], i["weight"], i["bias"], 1e-5, True, i["residual"], "torch")),
         "flash_attention": (torch.ops.neva.flash_attention,
                             (i["q"], i["k"], i["v"], True, scale, None, None, None, None, "torch")),
         "flash_attention_packed": (torch.ops.neva.flash_attention,
@@ -69,13 +73,14 @@ def test_opcheck(case):
 def every_op(i):
     """A function that calls every public op once (what the model does per layer, in miniature)."""
     y, h = nk.rms_norm(i["x"], i["weight"], 1e-6, residual=i["residual"])
+    ln, ln_h = nk.layer_norm(y, i["weight"], i["bias"], 1e-5, residual=h, zero_centered_weight=True)
     attn = nk.flash_attention(i["q"], i["k"], i["v"], causal=True)
     packed = nk.flash_attention(i["packed_q"], i["packed_k"], i["packed_v"], False, None, i["cu_q"], i["cu_k"], 9, 9)
     q_rot, k_rot = nk.rotary_embedding(i["q"], i["k"][:, :9], i["positions"], i["cos_sin"])
     nk.append_kv_cache(i["new_k"], i["new_v"], i["k_cache"], i["v_cache"], i["slots"])
     decode = nk.paged_decode_attention(i["decode_q"], i["k_cache"], i["v_cache"], i["block_tables"], i["seq_lens"])
     embeds = nk.project_image_tokens(i["features"], i["w1"], i["b1"], i["w2"], i["b2"], i["embeds"], i["mask"])
-    return (nk.rms_norm(y, i["weight"]), h, attn, packed, q_rot, k_rot, decode, embeds.clone(), i["k_cache"].clone())
+    return (nk.rms_norm(y, i["weight"]), h, nk.layer_norm(ln, i["weight"], None), ln_h, attn, packed, q_rot, k_rot, decode, embeds.clone(), i["k_cache"].clone())
 
 
 def test_every_op_compiles_fullgraph_and_matches_eager():
@@ -92,6 +97,10 @@ def test_every_op_compiles_fullgraph_and_matches_eager():
 @pytest.mark.parametrize("name,call", [
     ("rms_norm", lambda i: nk.rms_norm(i["x"], i["weight"])),
     ("fused_add_rms_norm", lambda i: nk.rms_norm(i["x"], i["weight"], residual=i["residual"])),
+    ("layer_norm", lambda i: nk.layer_norm(i["x"], i["weight"], i["bias"])),
+    ("layer_norm_without_bias", lambda i: nk.layer_norm(i["x"], i["weight"], None, zero_centered_weight=True)),
+    ("fused_add_layer_norm", lambda i: nk.layer_norm(i["x"], i["weight"], i["bias"], residual=i["residual"],
+                                                     zero_centered_weight=True)),
     ("flash_attention", lambda i: nk.flash_attention(i["q"], i["k"], i["v"], causal=True, return_lse=True)),
     ("flash_attention_packed", lambda i: nk.flash_attention(i["packed_q"], i["packed_k"], i["packed_v"], True, None,
                                                             i["cu_q"], i["cu_k"])),
@@ -190,7 +199,7 @@ def test_environment_variable_is_parsed(monkeypatch, restore_backend_settings):
     monkeypatch.setenv("NEVA_KERNELS_BACKEND", "rms_norm=fast")
     with pytest.raises(nk.NevaValueError, match="got 'fast'"):
         backends._read_environment()
-    monkeypatch.setenv("NEVA_KERNELS_BACKEND", "layer_norm=torch")
+    monkeypatch.setenv("NEVA_KERNELS_BACKEND", "group_norm=torch")
     with pytest.raises(nk.NevaValueError, match="op must be one of"):
         backends._read_environment()
 

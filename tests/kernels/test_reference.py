@@ -47,6 +47,53 @@ def test_fused_residual_rms_norm_matches_unfused(dtype, poisoned_outputs):
     assert_close_by_rule(out, truth, hf_rms_norm(unfused_sum, weight, 1e-6), "fused rms_norm")
 
 
+def torch_layer_norm(x, weight, bias, eps, zero_centered_weight):
+    """F.layer_norm, with 1 + weight for the zero-centred form (transformers' NemotronLayerNorm1P)."""
+    return F.layer_norm(x, x.shape[-1:], weight + 1 if zero_centered_weight else weight, bias, eps)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 769), (3, 5, 1024), (7, 64), (2, 1)])
+@pytest.mark.parametrize("zero_centered_weight", [False, True])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_layer_norm_matches_torch_layer_norm(dtype, shape, zero_centered_weight, with_bias, poisoned_outputs):
+    x = torch.randn(shape, dtype=dtype) * 3 + 2  # an offset: the mean matters
+    weight = torch.rand(shape[-1], dtype=dtype) - 0.5 if zero_centered_weight else torch.rand(shape[-1], dtype=dtype)
+    bias = torch.randn(shape[-1], dtype=dtype) if with_bias else None
+    out = nk.layer_norm(strided(x), weight, bias, 1e-5, zero_centered_weight=zero_centered_weight, backend="torch")
+    as_double = (lambda t: None if t is None else t.double())
+    truth = torch_layer_norm(x.double(), weight.double(), as_double(bias), 1e-5, zero_centered_weight)
+    baseline = torch_layer_norm(x.float(), weight.float(), None if bias is None else bias.float(), 1e-5,
+                                zero_centered_weight).to(dtype)
+    assert_close_by_rule(out, truth, baseline, "layer_norm")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_residual_layer_norm_matches_unfused(dtype, poisoned_outputs):
+    x, residual = torch.randn(2, 9, 769, dtype=dtype), torch.randn(2, 9, 769, dtype=dtype)
+    weight, bias = torch.rand(769, dtype=dtype) - 0.5, torch.randn(769, dtype=dtype)
+    out, new_residual = nk.layer_norm(x, weight, bias, 1e-5, residual=strided(residual), zero_centered_weight=True,
+                                      backend="torch")
+    unfused_sum = x + residual
+    assert torch.equal(new_residual, unfused_sum)
+    truth = torch_layer_norm(unfused_sum.double(), weight.double(), bias.double(), 1e-5, True)
+    baseline = torch_layer_norm(unfused_sum.float(), weight.float(), bias.float(), 1e-5, True).to(dtype)
+    assert_close_by_rule(out, truth, baseline, "fused layer_norm")
+
+
+@pytest.mark.parametrize("zero_centered_weight", [False, True])
+def test_layer_norm_backward_matches_autograd_of_torch_layer_norm(zero_centered_weight):
+    """The closed-form gradients against autograd through F.layer_norm, in float64."""
+    h = (torch.randn(4, 3, 37, dtype=torch.float64) * 2 + 1).requires_grad_(True)
+    weight = torch.randn(37, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(37, dtype=torch.float64, requires_grad=True)
+    grad_y = torch.randn(4, 3, 37, dtype=torch.float64)
+    torch_layer_norm(h, weight, bias, 1e-5, zero_centered_weight).backward(grad_y)
+    grads = reference.layer_norm_backward(grad_y, h.detach(), weight.detach(), 1e-5, zero_centered_weight)
+    for got, want in zip(grads, (h.grad, weight.grad, bias.grad)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
 # ---- flash_attention -----------------------------------------------------------------------------------
 
 def sdpa_fp64(q, k, v, causal, scale):

@@ -26,23 +26,35 @@ def spec(kernel, arch, pointers, scalars, constexprs, num_warps, num_stages=1):
             "num_warps": num_warps, "num_stages": num_stages}
 
 
-def rms_norm_blocks(max_hidden):
-    return sorted({configs.rms_norm_block(2 ** i) for i in range(max_hidden.bit_length())})
+def row_norm_blocks(max_hidden):
+    return sorted({configs.row_norm_block(2 ** i) for i in range(max_hidden.bit_length())})
 
 
-def rms_norm_specs(arch, dtype):
-    for block in rms_norm_blocks(configs.RMS_NORM_MAX_HIDDEN):
-        for residual in (False, True):
-            yield spec("rms_norm:_rms_norm_kernel", arch,
-                       dict(x_ptr=dtype, residual_ptr=dtype, weight_ptr=dtype, y_ptr=dtype, h_ptr=dtype),
-                       dict(x_row_stride="i32", residual_row_stride="i32", hidden="i32", eps="fp32"),
-                       dict(HAS_RESIDUAL=residual, BLOCK=block), configs.rms_norm_launch(block, arch).num_warps)
-    for block in rms_norm_blocks(configs.RMS_NORM_BACKWARD_MAX_HIDDEN):
-        yield spec("rms_norm:_rms_norm_backward_kernel", arch,
-                   dict(grad_y_ptr=dtype, h_ptr=dtype, weight_ptr=dtype, grad_h_ptr=dtype, partial_grad_weight_ptr="fp32"),
-                   dict(rows="i32", grad_y_row_stride="i32", h_row_stride="i32", hidden="i32", eps="fp32",
-                        rows_per_program="i32"),
-                   dict(BLOCK=block), configs.rms_norm_launch(block, arch).num_warps)
+# rms_norm, and layer_norm with everything on (mean, bias, 1 + weight): the variants that hold the most registers.
+ROW_NORMS = {"rms_norm": dict(CENTER=False, HAS_BIAS=False, ZERO_CENTERED_WEIGHT=False),
+             "layer_norm": dict(CENTER=True, HAS_BIAS=True, ZERO_CENTERED_WEIGHT=True)}
+BACKWARD_MAX_HIDDEN = {"rms_norm": configs.RMS_NORM_BACKWARD_MAX_HIDDEN,
+                       "layer_norm": configs.LAYER_NORM_BACKWARD_MAX_HIDDEN}
+
+
+def row_norm_specs(arch, dtype):
+    for norm, flags in ROW_NORMS.items():
+        for block in row_norm_blocks(configs.ROW_NORM_MAX_HIDDEN):
+            for residual in (False, True):
+                yield spec("row_norm:_row_norm_kernel", arch,
+                           dict(x_ptr=dtype, residual_ptr=dtype, weight_ptr=dtype, bias_ptr=dtype, y_ptr=dtype,
+                                h_ptr=dtype),
+                           dict(x_row_stride="i32", residual_row_stride="i32", hidden="i32", eps="fp32"),
+                           dict(HAS_RESIDUAL=residual, **flags, BLOCK=block),
+                           configs.row_norm_launch(block, arch).num_warps)
+        for block in row_norm_blocks(BACKWARD_MAX_HIDDEN[norm]):
+            yield spec("row_norm:_row_norm_backward_kernel", arch,
+                       dict(grad_y_ptr=dtype, h_ptr=dtype, weight_ptr=dtype, grad_h_ptr=dtype,
+                            partial_grad_weight_ptr="fp32", partial_grad_bias_ptr="fp32"),
+                       dict(rows="i32", grad_y_row_stride="i32", h_row_stride="i32", hidden="i32", eps="fp32",
+                            rows_per_program="i32"),
+                       dict(CENTER=flags["CENTER"], ZERO_CENTERED_WEIGHT=flags["ZERO_CENTERED_WEIGHT"], BLOCK=block),
+                       configs.row_norm_launch(block, arch).num_warps)
 
 
 def decode_specs(arch, dtype):
@@ -91,7 +103,7 @@ def per_token_specs(arch, dtype):
 
 
 def all_specs(arch):
-    return [s for dtype in DTYPES for make in (rms_norm_specs, decode_specs, per_token_specs) for s in make(arch, dtype)]
+    return [s for dtype in DTYPES for make in (row_norm_specs, decode_specs, per_token_specs) for s in make(arch, dtype)]
 
 
 @pytest.fixture(scope="module")

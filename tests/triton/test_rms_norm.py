@@ -74,7 +74,7 @@ def check_backward(grad_y, h, weight, eps=1e-6):
 @pytest.mark.parametrize("rows,hidden,rows_per_program", [(10, 769, 3), (7, 5120, 1), (5, 64, 8)])
 def test_backward_matches_reference(dtype, rows, hidden, rows_per_program, monkeypatch, poisoned_outputs):
     """rows_per_program is forced so programs walk several rows, the last one fewer (10 = 3 + 3 + 3 + 1)."""
-    monkeypatch.setattr(configs, "rms_norm_backward_rows_per_program", lambda rows, device: rows_per_program)
+    monkeypatch.setattr(configs, "row_norm_backward_rows_per_program", lambda rows, device: rows_per_program)
     h, weight, grad_y = make_inputs((rows, hidden), dtype)
     check_backward(grad_y, h, weight)
 
@@ -107,7 +107,7 @@ def test_backward_after_a_triton_forward_runs_on_triton_where_the_row_fits(hidde
 
 
 def test_rows_wider_than_the_register_tile_are_refused_with_the_reason():
-    x = torch.randn(1, configs.RMS_NORM_MAX_HIDDEN + 1)
+    x = torch.randn(1, configs.ROW_NORM_MAX_HIDDEN + 1)
     reason = backends.why_unable("rms_norm", "triton", torch.device("cuda"), (x, x[0], 1e-6))
     assert reason is not None and "hidden size" in reason
 
