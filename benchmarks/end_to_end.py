@@ -39,7 +39,7 @@ def hf_llava(config: NevaConfig, device: torch.device, dtype: torch.dtype):
         text_config=LlamaConfig(vocab_size=t.vocab_size, hidden_size=t.hidden_size,
                                 intermediate_size=t.intermediate_size, num_hidden_layers=t.num_layers,
                                 num_attention_heads=t.num_heads, num_key_value_heads=t.num_kv_heads,
-                                rms_norm_eps=t.rms_norm_eps, max_position_embeddings=t.max_position_embeddings),
+                                rms_norm_eps=t.norm_eps, max_position_embeddings=t.max_position_embeddings),
         image_token_index=config.image_token_index, vision_feature_layer=config.vision_feature_layer,
         vision_feature_select_strategy=config.vision_feature_select_strategy)
     hf_config._attn_implementation = "sdpa"

@@ -21,6 +21,15 @@ TORCH_LIBRARY(neva_cuda, m) {
   m.def("fused_add_rms_norm(Tensor x, Tensor weight, float eps, Tensor residual) -> (Tensor, Tensor)");
   m.impl("fused_add_rms_norm", c10::DeviceType::CUDA, &neva::fused_add_rms_norm);
 
+  // y = (x - mean) / std * weight + bias over the last dimension (1 + weight when zero_centered_weight).
+  m.def("layer_norm(Tensor x, Tensor weight, Tensor? bias, float eps, bool zero_centered_weight) -> Tensor");
+  m.impl("layer_norm", c10::DeviceType::CUDA, &neva::layer_norm);
+
+  // (y, h): h = x + residual rounded to x's dtype (the updated residual), y = layer_norm(h), in one pass.
+  m.def("fused_add_layer_norm(Tensor x, Tensor weight, Tensor? bias, float eps, bool zero_centered_weight, "
+        "Tensor residual) -> (Tensor, Tensor)");
+  m.impl("fused_add_layer_norm", c10::DeviceType::CUDA, &neva::fused_add_layer_norm);
+
   // out [B, Hq, D]: each sequence's one query token over its first seq_lens[b] tokens of the paged K/V cache.
   m.def("paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, Tensor seq_lens, "
         "float softmax_scale) -> Tensor");

@@ -71,6 +71,14 @@ def _register_fakes() -> None:
     def _(x, weight, eps, residual):
         return x.new_empty(x.shape), x.new_empty(x.shape)
 
+    @torch.library.register_fake("neva_cuda::layer_norm")
+    def _(x, weight, bias, eps, zero_centered_weight):
+        return x.new_empty(x.shape)
+
+    @torch.library.register_fake("neva_cuda::fused_add_layer_norm")
+    def _(x, weight, bias, eps, zero_centered_weight, residual):
+        return x.new_empty(x.shape), x.new_empty(x.shape)
+
     @torch.library.register_fake("neva_cuda::paged_decode_attention")
     def _(q, k_cache, v_cache, block_tables, seq_lens, softmax_scale):
         return q.new_empty(q.shape)
@@ -101,7 +109,11 @@ def _register_fakes() -> None:
 
 
 if LOAD_ERROR is None:
-    _register_fakes()
+    try:
+        _register_fakes()
+    except RuntimeError as error:  # an extension built from older sources lacks an op this file knows
+        LOAD_ERROR = f"neva_kernels._C is out of date with its sources ({error}): rebuild it"
+        backends.set_backend_missing("cuda", LOAD_ERROR)
 
 
 @backends.register("rms_norm", "cuda")
@@ -109,6 +121,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
     if residual is None:
         return torch.ops.neva_cuda.rms_norm(x, weight, eps)
     return torch.ops.neva_cuda.fused_add_rms_norm(x, weight, eps, residual)
+
+
+@backends.register("layer_norm", "cuda")
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float,
+               residual: torch.Tensor | None = None, zero_centered_weight: bool = False):
+    if residual is None:
+        return torch.ops.neva_cuda.layer_norm(x, weight, bias, eps, zero_centered_weight)
+    return torch.ops.neva_cuda.fused_add_layer_norm(x, weight, bias, eps, zero_centered_weight, residual)
 
 
 def _decode_supports(q: torch.Tensor, k_cache: torch.Tensor, *_) -> str | None:

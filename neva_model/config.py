@@ -1,7 +1,7 @@
 """Model configurations: presets by name, and the translation of a llava-hf config.json.
 
 Missing keys in a llava-hf config take the defaults transformers gives them (LlavaConfig, CLIPVisionConfig,
-LlamaConfig), because the published checkpoints rely on those defaults (llava-1.5-7b-hf's text_config names
+LlamaConfig or NemotronConfig), because the published checkpoints rely on those defaults (llava-1.5-7b-hf's text_config names
 little more than its vocabulary size).
 """
 from __future__ import annotations
@@ -38,9 +38,19 @@ class VisionConfig:
         return self.hidden_size // self.num_heads
 
 
+# The decoder families: which norm and MLP their layers use (see neva_model.decoder).
+FAMILIES = ("llama", "nemotron")
+# MLP activations: LLaMA gates with silu (SwiGLU); Nemotron's MLP is ungated, squared ReLU by default.
+GATED_ACTIVATIONS = ("silu",)
+UNGATED_ACTIVATIONS = ("relu2", "relu", "silu", "gelu")
+
+
 @dataclass(frozen=True)
 class TextConfig:
-    """A LLaMA-family decoder: RMSNorm, RoPE (optionally linearly scaled), GQA attention, SwiGLU MLP."""
+    """A decoder of the LLaMA family (RMSNorm, gated SwiGLU MLP) or the Nemotron family (LayerNorm1P with a
+    zero-centred weight and a bias, ungated MLP, squared ReLU), with RoPE (optionally linearly scaled, on the first
+    partial_rotary_factor of each head) and GQA attention."""
+    family: str = "llama"
     vocab_size: int = 32000
     hidden_size: int = 4096
     intermediate_size: int = 11008
@@ -48,7 +58,9 @@ class TextConfig:
     num_heads: int = 32
     num_kv_heads: int = 32
     head_dim: int | None = None  # None: hidden_size // num_heads (resolved on construction)
-    rms_norm_eps: float = 1e-6
+    norm_eps: float = 1e-6  # LLaMA's rms_norm_eps, Nemotron's norm_eps
+    hidden_act: str = "silu"
+    partial_rotary_factor: float = 1.0  # the fraction of each head's features that RoPE rotates
     rope_theta: float = 10000.0
     rope_scaling_factor: float = 1.0  # "linear" RoPE scaling divides every frequency by it
     max_position_embeddings: int = 2048
@@ -59,10 +71,23 @@ class TextConfig:
     def __post_init__(self):
         if self.head_dim is None:  # one spelling per configuration, so that equal configs compare equal
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+        _expect(self.family in FAMILIES, f"text family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
+        activations = GATED_ACTIVATIONS if self.family == "llama" else UNGATED_ACTIVATIONS
+        _expect(self.hidden_act in activations, f"text hidden_act {self.hidden_act!r} is not supported for "
+                                                f"{self.family} (supported: {', '.join(activations)})")
+        rotary = self.rotary_dim
+        _expect(0 < self.partial_rotary_factor <= 1 and rotary > 0 and rotary % 2 == 0,
+                f"partial_rotary_factor {self.partial_rotary_factor} must rotate an even, non-zero number of the "
+                f"{self.head_dim} features of a head, got {rotary}")
 
     @property
     def attention_head_dim(self) -> int:
         return self.head_dim
+
+    @property
+    def rotary_dim(self) -> int:
+        """The leading features of each head that RoPE rotates (transformers: int(head_dim * factor))."""
+        return int(self.head_dim * self.partial_rotary_factor)
 
 
 @dataclass(frozen=True)
@@ -118,18 +143,43 @@ PRESETS: dict[str, NevaConfig] = {
         text=TextConfig(vocab_size=512, hidden_size=64, intermediate_size=160, num_layers=2, num_heads=4,
                         num_kv_heads=2, max_position_embeddings=1024),
         image_token_index=511),
-    "llava-1.5-7b": NevaConfig(vision=_LLAVA_VISION, text=TextConfig(vocab_size=32064, rms_norm_eps=1e-5,
+    "llava-1.5-7b": NevaConfig(vision=_LLAVA_VISION, text=TextConfig(vocab_size=32064, norm_eps=1e-5,
                                                                       max_position_embeddings=4096)),
     "llava-1.5-13b": NevaConfig(vision=_LLAVA_VISION, text=TextConfig(
         vocab_size=32064, hidden_size=5120, intermediate_size=13824, num_layers=40, num_heads=40, num_kv_heads=40,
-        rms_norm_eps=1e-5, max_position_embeddings=4096)),
+        norm_eps=1e-5, max_position_embeddings=4096)),
 }
+
+
+def _nemotron_text(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int) -> TextConfig:
+    """A Nemotron decoder as NVIDIA publishes them: 256k vocabulary, 4k context, LayerNorm1P, squared ReLU, RoPE on
+    half of each head (base 10000), 128-wide heads, untied embeddings."""
+    return TextConfig(family="nemotron", vocab_size=256000, hidden_size=hidden, intermediate_size=intermediate,
+                      num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, head_dim=128, norm_eps=1e-5,
+                      hidden_act="relu2", partial_rotary_factor=0.5, max_position_embeddings=4096, eos_token_id=3)
+
+
+# NeVA-class models: LLaVA-1.5's CLIP ViT-L/14-336 and projector on a Nemotron decoder (image token: the last id).
+# nemotron-3-8b is the shape of NVIDIA's public Nemotron-3-8B config (32 layers, hidden 4096, 32 heads, FFN 16384).
+# NVIDIA published no decoder configs for NeVA-22B / -43B: those two are "-class" approximations, Nemotron-4-15B's
+# published shape (hidden 6144, 48 heads, 8 KV heads, FFN 24576) deepened to 48 layers, and a hidden-8192,
+# 64-head, 8-KV-head, FFN-32768 decoder of 56 layers; their parameter counts land near 22B and 43B.
+NEVA_PRESETS: dict[str, NevaConfig] = {
+    "neva-8b-nemotron": NevaConfig(vision=_LLAVA_VISION, text=_nemotron_text(4096, 32, 32, 32, 16384),
+                                   image_token_index=255999),
+    "neva-22b-class-nemotron": NevaConfig(vision=_LLAVA_VISION, text=_nemotron_text(6144, 48, 48, 8, 24576),
+                                          image_token_index=255999),
+    "neva-43b-class-nemotron": NevaConfig(vision=_LLAVA_VISION, text=_nemotron_text(8192, 56, 64, 8, 32768),
+                                          image_token_index=255999),
+}
+PRESETS.update(NEVA_PRESETS)
 
 
 # ---- llava-hf config.json ------------------------------------------------------------------------------------
 
-def _rope(text: dict) -> tuple[float, float]:
-    """(rope_theta, linear scaling factor) from transformers 5's rope_parameters or 4's rope_theta/rope_scaling."""
+def _rope(text: dict, partial_rotary_factor: float = 1.0) -> dict:
+    """rope_theta, rope_scaling_factor (linear) and partial_rotary_factor, from transformers 5's rope_parameters or
+    4's rope_theta / rope_scaling / partial_rotary_factor keys."""
     params = dict(text.get("rope_parameters") or {})
     scaling = text.get("rope_scaling") or {}
     theta = params.get("rope_theta", text.get("rope_theta", 10000.0))
@@ -137,7 +187,9 @@ def _rope(text: dict) -> tuple[float, float]:
     factor = params.get("factor", scaling.get("factor", 1.0))
     if kind not in ("default", "linear"):
         raise NevaConfigError(f"RoPE scaling {kind!r} is not supported (supported: none/'default' and 'linear')")
-    return float(theta), float(factor) if kind == "linear" else 1.0
+    partial = params.get("partial_rotary_factor", text.get("partial_rotary_factor", partial_rotary_factor))
+    return dict(rope_theta=float(theta), rope_scaling_factor=float(factor) if kind == "linear" else 1.0,
+                partial_rotary_factor=float(partial))
 
 
 def _vision(vision: dict | None) -> VisionConfig:
@@ -153,21 +205,34 @@ def _vision(vision: dict | None) -> VisionConfig:
         ("num_channels", "num_channels"), ("layer_norm_eps", "layer_norm_eps")) if theirs in vision})
 
 
+# transformers' defaults of the keys a text_config may leave out, per model_type (LlamaConfig, NemotronConfig);
+# "norm_eps" is read from the key that family's config names.
+_TEXT_DEFAULTS = {
+    "llama": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                  num_attention_heads=32, hidden_act="silu", max_position_embeddings=2048, eos_token_id=2,
+                  norm_eps=("rms_norm_eps", 1e-6), partial_rotary_factor=1.0),
+    "nemotron": dict(vocab_size=256000, hidden_size=6144, intermediate_size=24576, num_hidden_layers=32,
+                     num_attention_heads=48, hidden_act="relu2", max_position_embeddings=4096, eos_token_id=3,
+                     norm_eps=("norm_eps", 1e-5), partial_rotary_factor=0.5),
+}
+
+
 def _text(text: dict) -> TextConfig:
     model_type = text.get("model_type", "llama")
-    _expect(model_type == "llama", f"text model_type {model_type!r} is not supported (llama is)")
-    act = text.get("hidden_act", "silu")
-    _expect(act == "silu", f"text hidden_act {act!r} is not supported (LLaMA's 'silu' is)")
-    theta, factor = _rope(text)
-    heads = text.get("num_attention_heads", 32)
-    eos = text.get("eos_token_id", 2)
+    _expect(model_type in _TEXT_DEFAULTS,
+            f"text model_type {model_type!r} is not supported (supported: {', '.join(_TEXT_DEFAULTS)})")
+    defaults = _TEXT_DEFAULTS[model_type]
+    get = (lambda key: text.get(key, defaults[key]))
+    heads = get("num_attention_heads")
+    eos = get("eos_token_id")
+    eps_key, eps_default = defaults["norm_eps"]
     return TextConfig(
-        vocab_size=text.get("vocab_size", 32000), hidden_size=text.get("hidden_size", 4096),
-        intermediate_size=text.get("intermediate_size", 11008), num_layers=text.get("num_hidden_layers", 32),
+        family=model_type, vocab_size=get("vocab_size"), hidden_size=get("hidden_size"),
+        intermediate_size=get("intermediate_size"), num_layers=get("num_hidden_layers"),
         num_heads=heads, num_kv_heads=text.get("num_key_value_heads") or heads,
-        head_dim=text.get("head_dim"),
-        rms_norm_eps=text.get("rms_norm_eps", 1e-6), rope_theta=theta, rope_scaling_factor=factor,
-        max_position_embeddings=text.get("max_position_embeddings", 2048),
+        head_dim=text.get("head_dim"), norm_eps=text.get(eps_key, eps_default), hidden_act=get("hidden_act"),
+        **_rope(text, defaults["partial_rotary_factor"]),
+        max_position_embeddings=get("max_position_embeddings"),
         attention_bias=text.get("attention_bias", False), mlp_bias=text.get("mlp_bias", False),
         eos_token_id=tuple(eos) if isinstance(eos, list) else eos)
 

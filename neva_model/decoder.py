@@ -1,4 +1,6 @@
-"""The LLaMA-family decoder of NeVA on neva_kernels: RMSNorm (residual fused), RoPE, GQA attention, SwiGLU.
+"""The decoder of NeVA on neva_kernels, for both families: LLaMA (RMSNorm, SwiGLU) and NVIDIA's GPT / Nemotron
+(LayerNorm1P, ungated squared-ReLU MLP). Both share the layer: norm (residual fused) -> RoPE GQA attention -> norm
+-> MLP; a family only picks the norm and the MLP (FAMILY_PARTS).
 
 Every forward pass works on a flat list of N tokens [N, hidden], described by an AttentionBatch: a prefill
 is a packed batch of whole sequences (cu_seqlens, flash_attention), a decode step is one token per sequence
@@ -17,6 +19,7 @@ from neva_kernels import PagedKVCache
 
 from .config import TextConfig
 from .fused_linear import FusedLinear
+from .norms import LayerNorm, RMSNorm
 
 
 @dataclass
@@ -35,8 +38,9 @@ class AttentionBatch:
 
 
 def rope_cos_sin_cache(config: TextConfig, device=None) -> Tensor:
-    """[max_position, head_dim] float32 cos | sin of LLaMA's frequencies, divided by the linear scaling factor."""
-    dim = config.attention_head_dim
+    """[max_position, rotary_dim] float32 cos | sin of the RoPE frequencies over the rotated features of a head,
+    divided by the linear scaling factor."""
+    dim = config.rotary_dim
     inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64, device=device) / dim)
     positions = torch.arange(config.max_position_embeddings, dtype=torch.float64, device=device)
     angles = positions[:, None] * (inv_freq / config.rope_scaling_factor)[None]
@@ -84,25 +88,43 @@ class SwiGLU(nn.Module):
         return self.down_proj(F.silu(gate) * up)
 
 
-class RMSNorm(nn.Module):
-    """RMSNorm by neva_kernels; given the residual stream, adds x to it first and returns (y, new residual)."""
+_ACTIVATIONS = {
+    "relu2": lambda x: torch.square(F.relu(x)),
+    "relu": F.relu,
+    "silu": F.silu,
+    "gelu": F.gelu,
+}
 
-    def __init__(self, size: int, eps: float):
+
+class UngatedMLP(nn.Module):
+    """down(act(up(x))): Nemotron's MLP (transformers' NemotronMLP), squared ReLU by default."""
+
+    def __init__(self, config: TextConfig):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(size))
-        self.eps = eps
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        self.act = _ACTIVATIONS[config.hidden_act]
 
-    def forward(self, x: Tensor, residual: Tensor | None = None):
-        return neva_kernels.rms_norm(x, self.weight, self.eps, residual=residual)
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(self.act(self.up_proj(x)))
+
+
+# family -> (norm of the layers and of the output, MLP)
+FAMILY_PARTS = {
+    "llama": (lambda config: RMSNorm(config.hidden_size, config.norm_eps), SwiGLU),
+    "nemotron": (lambda config: LayerNorm(config.hidden_size, config.norm_eps, zero_centered_weight=True),
+                 UngatedMLP),
+}
 
 
 class DecoderLayer(nn.Module):
     def __init__(self, config: TextConfig):
         super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        make_norm, make_mlp = FAMILY_PARTS[config.family]
+        self.input_layernorm = make_norm(config)
         self.self_attn = DecoderAttention(config)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = SwiGLU(config)
+        self.post_attention_layernorm = make_norm(config)
+        self.mlp = make_mlp(config)
 
     def forward(self, x: Tensor, residual: Tensor | None, batch: AttentionBatch, rope_cache: Tensor,
                 kv_cache: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
@@ -124,7 +146,7 @@ class Decoder(nn.Module):
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = FAMILY_PARTS[config.family][0](config)
         # Not a buffer: module.to(bfloat16) would round the angles (positions past 256 would drift).
         self._rope_cache: Tensor | None = None
 

@@ -1,4 +1,4 @@
-"""The CLIP ViT vision tower of NeVA (pre-LN transformer, quick_gelu MLP, attention by neva_kernels)."""
+"""The CLIP ViT vision tower of NeVA (pre-LN transformer, quick_gelu MLP; attention and LayerNorms by neva_kernels)."""
 from __future__ import annotations
 
 import torch
@@ -8,6 +8,7 @@ import neva_kernels
 
 from .config import VisionConfig
 from .fused_linear import FusedLinear
+from .norms import LayerNorm
 
 
 class VisionEmbeddings(nn.Module):
@@ -54,14 +55,14 @@ class VisionMLP(nn.Module):
 class VisionLayer(nn.Module):
     def __init__(self, config: VisionConfig):
         super().__init__()
-        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layer_norm1 = LayerNorm(config.hidden_size, config.layer_norm_eps)
         self.self_attn = VisionAttention(config)
-        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layer_norm2 = LayerNorm(config.hidden_size, config.layer_norm_eps)
         self.mlp = VisionMLP(config)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.self_attn(self.layer_norm1(x))
-        return x + self.mlp(self.layer_norm2(x))
+        normalized, x = self.layer_norm2(self.self_attn(self.layer_norm1(x)), residual=x)  # x += attention, fused
+        return x + self.mlp(normalized)
 
 
 class VisionEncoder(nn.Module):
@@ -79,9 +80,9 @@ class VisionTower(nn.Module):
     def __init__(self, config: VisionConfig):
         super().__init__()
         self.embeddings = VisionEmbeddings(config)
-        self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)  # (sic: CLIP's name)
+        self.pre_layrnorm = LayerNorm(config.hidden_size, config.layer_norm_eps)  # (sic: CLIP's name)
         self.encoder = VisionEncoder(config)
-        self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_layernorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
 
     def forward(self, pixel_values: Tensor, feature_layers: tuple[int, ...]) -> list[Tensor]:
         """Hidden states [images, 1 + patches, hidden] of `feature_layers`, indices into the num_layers + 1 states

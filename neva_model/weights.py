@@ -88,8 +88,9 @@ class _Filler:
         if name is None:
             raise NevaWeightsError(f"unexpected tensor '{checkpoint_name}' in the checkpoint")
         module_path, part, kind = name.rsplit(".", 2) if name.count(".") >= 2 else ("", *name.split("."))
-        if part in _FUSED:
-            return f"{module_path}.{_FUSED[part]}.{kind}", part
+        fused = f"{module_path}.{_FUSED.get(part)}.{kind}"
+        if part in _FUSED and fused in self.tensors:  # (Nemotron's up_proj is a plain Linear of its own)
+            return fused, part
         return name, None
 
     def fill(self, checkpoint_name: str, tensor: torch.Tensor) -> None:

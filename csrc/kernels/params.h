@@ -8,17 +8,22 @@ namespace neva {
 // The storage types of the kernels; the ops layer maps torch dtypes onto it.
 enum class DType { kFloat16, kBFloat16, kFloat32 };
 
-// y = h / sqrt(mean(h^2) + eps) * weight per row, h = x or x + residual rounded to the storage type.
-// Precondition (the ops layer ensures it, copying when needed): the rows of x, residual, y and h start at the
-// same address modulo 16, and weight starts 16-byte aligned, so one vector split of a row fits all of them.
-struct RmsNormParams {
+// The per-row norms: y = (h - mean) / sqrt(mean((h - mean)^2) + eps) * (weight + weight_offset) + bias per row,
+// with mean = mean(h) when center (LayerNorm) and 0 otherwise (RMSNorm); h = x or x + residual rounded to the
+// storage type. Precondition (the ops layer ensures it, copying when needed): the rows of x, residual, y and h
+// start at the same address modulo 16, and weight and bias start 16-byte aligned, so one vector split of a row
+// fits all of them.
+struct RowNormParams {
   const void* x;
-  const void* residual;  // nullptr: plain rms_norm
+  const void* residual;  // nullptr: no residual add
   const void* weight;
+  const void* bias;      // nullptr: no shift
   void* y;               // [rows, hidden], contiguous
   void* h;               // [rows, hidden], contiguous; written only with a residual
   int64_t rows, hidden, x_row_stride, residual_row_stride;
   float eps;
+  float weight_offset;   // 1 for a zero-centred weight (LayerNorm1p), else 0
+  bool center;
 };
 
 // One query token per sequence over paged K/V caches [num_blocks, block_size, kv_heads, head_dim].

@@ -22,7 +22,8 @@ cudaError_t launch_arch_probe(int* out, cudaStream_t stream);
 // a driver with the tensor-map entry point. Every kernel path that needs sm_90a asks this one function.
 bool sm90a_runs_here();
 
-cudaError_t launch_rms_norm(DType dtype, const RmsNormParams& params, cudaStream_t stream);
+// RMSNorm or LayerNorm (params.center), launched with the tuning of the current device's architecture.
+cudaError_t launch_row_norm(DType dtype, const RowNormParams& params, cudaStream_t stream);
 
 cudaError_t launch_append_kv_cache(DType dtype, const AppendKvCacheParams& params, cudaStream_t stream);
 

@@ -18,6 +18,11 @@ std::string build_info();
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 std::tuple<at::Tensor, at::Tensor> fused_add_rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps,
                                                       const at::Tensor& residual);
+at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                      double eps, bool zero_centered_weight);
+std::tuple<at::Tensor, at::Tensor> fused_add_layer_norm(const at::Tensor& x, const at::Tensor& weight,
+                                                        const std::optional<at::Tensor>& bias, double eps,
+                                                        bool zero_centered_weight, const at::Tensor& residual);
 
 at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                   const at::Tensor& block_tables, const at::Tensor& seq_lens, double softmax_scale);

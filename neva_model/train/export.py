@@ -40,7 +40,17 @@ def hf_state_dict(model: Neva) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().contiguous() for name, tensor in sorted(tensors.items())}
 
 
+def _rope_parameters(text) -> dict:
+    params = {"rope_theta": text.rope_theta, "rope_type": "default"}
+    if text.rope_scaling_factor != 1.0:
+        params.update(rope_type="linear", factor=text.rope_scaling_factor)
+    if text.partial_rotary_factor != 1.0 or text.family == "nemotron":
+        params["partial_rotary_factor"] = text.partial_rotary_factor
+    return params
+
+
 def hf_config(config: NevaConfig, bos_token_id: int, pad_token_id: int) -> dict:
+    """The llava-hf config.json of `config` (a LLaMA or Nemotron text model)."""
     text, vision = config.text, config.vision
     return {
         "architectures": ["LlavaForConditionalGeneration"], "model_type": "llava", "dtype": "float32",
@@ -50,12 +60,13 @@ def hf_config(config: NevaConfig, bos_token_id: int, pad_token_id: int) -> dict:
         "vision_feature_select_strategy": config.vision_feature_select_strategy,
         "tie_word_embeddings": config.tie_word_embeddings,
         "text_config": {
-            "model_type": "llama", "vocab_size": text.vocab_size, "hidden_size": text.hidden_size,
+            "model_type": text.family, "vocab_size": text.vocab_size, "hidden_size": text.hidden_size,
             "intermediate_size": text.intermediate_size, "num_hidden_layers": text.num_layers,
             "num_attention_heads": text.num_heads, "num_key_value_heads": text.num_kv_heads,
-            "head_dim": text.attention_head_dim, "hidden_act": "silu",
-            "max_position_embeddings": text.max_position_embeddings, "rms_norm_eps": text.rms_norm_eps,
-            "rope_parameters": {"rope_theta": text.rope_theta, "rope_type": "default"},
+            "head_dim": text.attention_head_dim, "hidden_act": text.hidden_act,
+            "max_position_embeddings": text.max_position_embeddings,
+            ("rms_norm_eps" if text.family == "llama" else "norm_eps"): text.norm_eps,
+            "rope_parameters": _rope_parameters(text),
             "attention_bias": text.attention_bias, "mlp_bias": text.mlp_bias,
             "bos_token_id": bos_token_id, "eos_token_id": text.eos_token_id, "pad_token_id": pad_token_id,
             "tie_word_embeddings": config.tie_word_embeddings,

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_pos_emb
+from transformers.models.nemotron.modeling_nemotron import apply_rotary_pos_emb as nemotron_apply_rotary_pos_emb
 
 import neva_kernels as nk
 from neva_kernels import reference
@@ -223,16 +224,21 @@ def test_append_kv_cache_writes_each_slot_and_skips_padding():
 # ---- rotary embedding ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_rotary_neox_matches_hf_llama(dtype, poisoned_outputs):
+@pytest.mark.parametrize("hf_apply,rot_dim", [(apply_rotary_pos_emb, 80), (nemotron_apply_rotary_pos_emb, 40),
+                                              (nemotron_apply_rotary_pos_emb, 20)],
+                         ids=["llama-full", "nemotron-half", "nemotron-quarter"])
+def test_rotary_neox_matches_hf_llama_and_nemotron(dtype, hf_apply, rot_dim, poisoned_outputs):
+    """NeoX pairs over the first rot_dim features, the rest passed through: as transformers' LLaMA applies it to
+    whole heads and its Nemotron to the partial_rotary_factor of each head."""
     tokens, hq, hkv, d = 23, 4, 2, 80
     q, k = torch.randn(tokens, hq, d, dtype=dtype), torch.randn(tokens, hkv, d, dtype=dtype)
     positions = torch.randint(0, 500, (tokens,))
-    cache = reference.rotary_cos_sin_cache(d, 512, base=10000.0)
+    cache = reference.rotary_cos_sin_cache(rot_dim, 512, base=10000.0)
     q_out, k_out = nk.rotary_embedding(strided(q), k, positions, cache, backend="torch")
     cos, sin = cache[positions].double().chunk(2, dim=-1)
-    cos, sin = torch.cat((cos, cos), -1)[None], torch.cat((sin, sin), -1)[None]  # HF's [1, T, D] layout
-    truth_q, truth_k = apply_rotary_pos_emb(q.double().transpose(0, 1)[None], k.double().transpose(0, 1)[None], cos, sin)
-    base_q, base_k = apply_rotary_pos_emb(q.transpose(0, 1)[None], k.transpose(0, 1)[None], cos.to(dtype), sin.to(dtype))
+    cos, sin = torch.cat((cos, cos), -1)[None], torch.cat((sin, sin), -1)[None]  # HF's [1, T, rot_dim] layout
+    truth_q, truth_k = hf_apply(q.double().transpose(0, 1)[None], k.double().transpose(0, 1)[None], cos, sin)
+    base_q, base_k = hf_apply(q.transpose(0, 1)[None], k.transpose(0, 1)[None], cos.to(dtype), sin.to(dtype))
     assert_close_by_rule(q_out, truth_q[0].transpose(0, 1), base_q[0].transpose(0, 1), "rotary q")
     assert_close_by_rule(k_out, truth_k[0].transpose(0, 1), base_k[0].transpose(0, 1), "rotary k")
 

@@ -14,7 +14,7 @@ from neva_model.image import preprocess_images
 from neva_model.prompts import SteerLMAttributes, build_prompt
 from neva_model.tokenizer import load_tokenizer
 
-from tests.model.tiny_llava import IMAGE_SIZE
+from tests.model.tiny_llava import IMAGE_SIZE, PARITY_CASES, write_checkpoint
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 WORDS = ["USER:", "ASSISTANT:", "What", "is", "in", "the", "picture?"]
@@ -23,7 +23,18 @@ WORDS = ["USER:", "ASSISTANT:", "What", "is", "in", "the", "picture?"]
 @pytest.fixture(scope="module")
 def model_dir(tiny_checkpoint):
     """The tiny checkpoint with a word-level tokenizer.json whose ids fit its vocabulary and image token."""
-    case, hf, directory = tiny_checkpoint
+    return _with_tokenizer(*tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def nemotron_model_dir(tmp_path_factory):
+    """A tiny LLaVA on a Nemotron decoder (partial rotary, LayerNorm1P, squared ReLU), with the same tokenizer."""
+    case = next(c for c in PARITY_CASES if c.family == "nemotron")
+    directory = tmp_path_factory.mktemp("nemotron")
+    return _with_tokenizer(case, write_checkpoint(case, directory), directory)
+
+
+def _with_tokenizer(case, hf, directory):
     vocab = {"[UNK]": 0, "<s>": 1, "</s>": 2, "<image>": case.image_token_index}
     vocab.update({word: 3 + i for i, word in enumerate(WORDS)})
     vocab.update({f"w{i}": i for i in range(3 + len(WORDS), case.image_token_index)})
@@ -48,8 +59,9 @@ def automatic_backend():
     neva_kernels.set_backend(None)  # --backend sets it for the whole process
 
 
-def test_ask_prints_the_greedy_answer_and_a_timing_line(model_dir, image_file, capsys):
-    case, hf, directory = model_dir
+@pytest.mark.parametrize("checkpoint_dir", ["model_dir", "nemotron_model_dir"])
+def test_ask_prints_the_greedy_answer_and_a_timing_line(checkpoint_dir, image_file, capsys, request):
+    case, hf, directory = request.getfixturevalue(checkpoint_dir)
     question = "What is in the picture?"
     status = main(["ask", "--model", str(directory), "--image", str(image_file), question, "--max-new-tokens", "6",
                    "--dtype", "float32", "--device", "cpu", "--backend", "torch", "--block-size", "4"])

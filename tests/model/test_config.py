@@ -64,7 +64,7 @@ def test_unsupported_settings_are_clear_errors(hf, message):
 
 
 def test_unknown_preset_and_missing_file(tmp_path):
-    with pytest.raises(NevaConfigError, match="known: llava-1.5-13b, llava-1.5-7b, tiny"):
+    with pytest.raises(NevaConfigError, match="known: llava-1.5-13b, llava-1.5-7b, neva-22b-class-nemotron, .*, tiny"):
         NevaConfig.from_name("llava-2")
     with pytest.raises(NevaConfigError, match="no config.json"):
         from_hf_config(tmp_path)
@@ -75,3 +75,40 @@ def test_head_dim_defaults_to_hidden_over_heads_however_it_is_written():
     assert from_hf_config({"text_config": {**text, "head_dim": 16}}) == from_hf_config({"text_config": text})
     assert from_hf_config({"text_config": text}).text.head_dim == 16
     assert from_hf_config({"text_config": {**text, "head_dim": 24}}).text.head_dim == 24
+
+
+def test_nemotron_text_config_with_transformers_defaults_and_its_own_keys():
+    config = from_hf_config({"text_config": {"model_type": "nemotron"}})
+    text = config.text
+    assert (text.family, text.vocab_size, text.hidden_size, text.intermediate_size, text.num_layers) == \
+        ("nemotron", 256000, 6144, 24576, 32)
+    assert (text.num_heads, text.num_kv_heads, text.head_dim, text.hidden_act) == (48, 48, 128, "relu2")
+    assert (text.norm_eps, text.partial_rotary_factor, text.rotary_dim, text.eos_token_id) == (1e-5, 0.5, 64, 3)
+    text = from_hf_config({"text_config": {
+        "model_type": "nemotron", "hidden_size": 96, "num_attention_heads": 6, "num_key_value_heads": 2,
+        "head_dim": 24, "norm_eps": 1e-3, "attention_bias": True, "mlp_bias": True,
+        "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0,
+                            "partial_rotary_factor": 0.25}}}).text
+    assert (text.num_kv_heads, text.head_dim, text.norm_eps, text.rotary_dim) == (2, 24, 1e-3, 6)
+    assert (text.rope_theta, text.rope_scaling_factor, text.attention_bias, text.mlp_bias) == (500.0, 2.0, True, True)
+    # transformers 4 wrote partial_rotary_factor at the top level of the text config
+    assert from_hf_config({"text_config": {"model_type": "nemotron", "partial_rotary_factor": 1.0}}).text.rotary_dim \
+        == 128
+
+
+@pytest.mark.parametrize("text, message", [
+    ({"model_type": "gemma"}, "text model_type 'gemma' is not supported"),
+    ({"model_type": "nemotron", "hidden_act": "swish"}, "hidden_act 'swish' is not supported for nemotron"),
+    ({"model_type": "llama", "hidden_act": "relu2"}, "hidden_act 'relu2' is not supported for llama"),
+    ({"model_type": "nemotron", "head_dim": 10, "partial_rotary_factor": 0.5}, "an even, non-zero number"),
+    ({"model_type": "nemotron", "partial_rotary_factor": 0.0}, "an even, non-zero number"),
+])
+def test_unsupported_nemotron_settings_are_clear_errors(text, message):
+    with pytest.raises(NevaConfigError, match=message):
+        from_hf_config({"text_config": text})
+
+
+def test_every_ungated_activation_the_config_accepts_has_a_function():
+    from neva_model.config import UNGATED_ACTIVATIONS
+    from neva_model.decoder import _ACTIVATIONS
+    assert set(UNGATED_ACTIVATIONS) == set(_ACTIVATIONS)

@@ -38,3 +38,19 @@ def test_greedy_generation_matches_transformers(checkpoint):
         assert completion.token_ids == expected.tolist()
         assert completion.finish_reason == "length"
     assert engine.allocator.num_free_blocks == engine.allocator.num_blocks
+
+
+def test_batched_generation_equals_one_by_one(checkpoint):
+    """Requests of different lengths decoded together (packed prefill, paged decode) answer as each one alone."""
+    case, _, directory = checkpoint
+    if case.family != "nemotron":
+        pytest.skip("tests/model/test_engine.py covers the LLaMA decoder")
+    model = load_neva(directory)
+    generator = torch.Generator().manual_seed(3)
+    requests = [Request(random_prompt(case, length, image_at=length // 2, generator=generator),
+                        torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator),
+                        SamplingParams(max_new_tokens=20)) for length in (2, 9, 5)]
+    together = Engine(model, max_batch_size=3, max_seq_len=64, block_size=4, value_checks=True).generate(requests)
+    for request, completion in zip(requests, together):
+        alone = Engine(model, max_batch_size=1, max_seq_len=64, block_size=8).generate([request])[0]
+        assert completion.token_ids == alone.token_ids and len(alone.token_ids) == 20
