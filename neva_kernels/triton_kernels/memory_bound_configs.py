@@ -20,8 +20,8 @@ ARCHS = (SM80, SM90)
 # rms_norm and layer_norm keep a whole row in registers: rows wider than this are refused (LLaMA- and
 # Nemotron-family models use <= 8192).
 ROW_NORM_MAX_HIDDEN = 16384
-# The rms_norm backward holds four rows (grad_y, h, weight, the grad_weight sum), the layer_norm one a fifth (the
-# grad_bias sum): wider rows spill, and autograd falls back to the torch backward for them.
+# The backward holds four rows (grad_y, h, weight, the grad_weight sum): wider ones spill, and autograd falls back
+# to the torch backward for them.
 RMS_NORM_BACKWARD_MAX_HIDDEN = 8192
 LAYER_NORM_BACKWARD_MAX_HIDDEN = 8192
 # Head dims the decode kernel is compiled for (padded up to a power of two inside the kernel).

@@ -1,6 +1,7 @@
 """The per-row norms on Triton, rms_norm and layer_norm in one kernel pair: one row per program in one pass over
-memory, optionally fused with the residual add; and the backward (grad_h per row, grad_weight and grad_bias as
-per-program partial sums reduced afterwards). CENTER subtracts the row mean (LayerNorm); without it the row is
+memory, optionally fused with the residual add; and the backward (grad_h per row, grad_weight as per-program
+partial sums reduced afterwards; layer_norm's grad_bias, the column sums of grad_y, by torch: a fifth row in
+registers made the kernel spill at hidden 8192). CENTER subtracts the row mean (LayerNorm); without it the row is
 divided by its root mean square (RMSNorm)."""
 from __future__ import annotations
 
@@ -39,13 +40,12 @@ def _row_norm_kernel(x_ptr, residual_ptr, weight_ptr, bias_ptr, y_ptr, h_ptr, x_
 
 
 @triton.jit
-def _row_norm_backward_kernel(grad_y_ptr, h_ptr, weight_ptr, grad_h_ptr, partial_grad_weight_ptr,
-                              partial_grad_bias_ptr, rows, grad_y_row_stride, h_row_stride, hidden, eps,
-                              rows_per_program, CENTER: tl.constexpr, ZERO_CENTERED_WEIGHT: tl.constexpr,
-                              BLOCK: tl.constexpr):
+def _row_norm_backward_kernel(grad_y_ptr, h_ptr, weight_ptr, grad_h_ptr, partial_grad_weight_ptr, rows,
+                              grad_y_row_stride, h_row_stride, hidden, eps, rows_per_program, CENTER: tl.constexpr,
+                              ZERO_CENTERED_WEIGHT: tl.constexpr, BLOCK: tl.constexpr):
     """grad_h = r * (g - [mean(g)] - n * mean(g * n)) with g = grad_y * weight, n = normalized h (the bracket only
-    with CENTER); this program's rows' sums of grad_y * n (and of grad_y, with CENTER: the bias gradient) go to its
-    own rows of the partial buffers (no atomics: the sum order is fixed)."""
+    with CENTER); this program's rows' sum of grad_y * n goes to its own row of partial_grad_weight (no atomics:
+    the sum order is fixed)."""
     program = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < hidden
@@ -53,7 +53,6 @@ def _row_norm_backward_kernel(grad_y_ptr, h_ptr, weight_ptr, grad_h_ptr, partial
     if ZERO_CENTERED_WEIGHT:
         weight = tl.where(mask, weight + 1.0, 0.0)
     grad_weight = tl.zeros([BLOCK], dtype=tl.float32)
-    grad_bias = tl.zeros([BLOCK], dtype=tl.float32)
     first = program * rows_per_program
     # Pointers advance row by row (64-bit arithmetic, whatever the tensor size).
     grad_y_ptr += first.to(tl.int64) * grad_y_row_stride
@@ -70,16 +69,12 @@ def _row_norm_backward_kernel(grad_y_ptr, h_ptr, weight_ptr, grad_h_ptr, partial
         correction = normalized * (tl.sum(g * normalized, axis=0) / hidden)
         if CENTER:
             correction += tl.sum(g, axis=0) / hidden
-            grad_bias += grad_y
         tl.store(grad_h_ptr + cols, (rstd * (g - correction)).to(grad_h_ptr.dtype.element_ty), mask=mask)
         grad_weight += grad_y * normalized
         grad_y_ptr += grad_y_row_stride
         h_ptr += h_row_stride
         grad_h_ptr += hidden
-    partial_offset = program.to(tl.int64) * hidden + cols
-    tl.store(partial_grad_weight_ptr + partial_offset, grad_weight, mask=mask)
-    if CENTER:
-        tl.store(partial_grad_bias_ptr + partial_offset, grad_bias, mask=mask)
+    tl.store(partial_grad_weight_ptr + program.to(tl.int64) * hidden + cols, grad_weight, mask=mask)
 
 
 def _rows(t: Tensor) -> Tensor:
@@ -122,13 +117,12 @@ def backward(grad_y: Tensor, h: Tensor, weight: Tensor, eps: float, center: bool
     rows_per_program = configs.row_norm_backward_rows_per_program(rows, h.device)
     programs = triton.cdiv(rows, rows_per_program)
     partial_grad_weight = torch.empty(programs, hidden, dtype=torch.float32, device=h.device)
-    partial_grad_bias = torch.empty_like(partial_grad_weight) if center else partial_grad_weight
     if rows > 0:
         block = configs.row_norm_block(hidden)
         launch = configs.row_norm_launch(block, configs.arch_of(h.device))
         _row_norm_backward_kernel[(programs,)](
-            grad_y_rows, h_rows, weight, grad_h, partial_grad_weight, partial_grad_bias, rows,
+            grad_y_rows, h_rows, weight, grad_h, partial_grad_weight, rows,
             grad_y_rows.stride(0), h_rows.stride(0), hidden, eps, rows_per_program, CENTER=center,
             ZERO_CENTERED_WEIGHT=zero_centered_weight, BLOCK=block, num_warps=launch.num_warps)
-    grad_bias = partial_grad_bias.sum(dim=0).to(weight.dtype) if center else None
+    grad_bias = torch.sum(grad_y_rows, dim=0, dtype=torch.float32).to(weight.dtype) if center else None
     return grad_h, partial_grad_weight.sum(dim=0).to(weight.dtype), grad_bias

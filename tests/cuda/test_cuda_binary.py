@@ -60,7 +60,9 @@ def test_every_kernel_is_compiled_for_every_architecture():
             # Exactly the head dims the Python side advertises (cuda_backend.DECODE_HEAD_DIMS) are compiled.
             decode = re.compile(rf"_ZN4neva6decode19paged_decode_kernelI{dtype}Li(\d+)EEEvNS_17PagedDecodeParamsE")
             assert {int(m.group(1)) for n in names if (m := decode.fullmatch(n))} == set(DECODE_HEAD_DIMS)
-            assert any(f"rms_norm_kernelI{dtype}" in n for n in names), (arch, dtype)
+            for center in ("0", "1"):  # RMSNorm and LayerNorm instances of the row-norm kernel
+                assert any(re.search(rf"row_norm_kernelI{dtype}Li\d+ELb[01]ELb{center}E", n) for n in names), \
+                    (arch, dtype, center)
         assert any("append_kv_cache_kernel" in n for n in names), arch
 
 

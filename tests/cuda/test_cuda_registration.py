@@ -14,6 +14,10 @@ SCHEMAS = {
     "rms_norm": "neva_cuda::rms_norm(Tensor x, Tensor weight, float eps) -> Tensor",
     "fused_add_rms_norm":
         "neva_cuda::fused_add_rms_norm(Tensor x, Tensor weight, float eps, Tensor residual) -> (Tensor, Tensor)",
+    "layer_norm": "neva_cuda::layer_norm(Tensor x, Tensor weight, Tensor? bias, float eps, bool zero_centered_weight) "
+                  "-> Tensor",
+    "fused_add_layer_norm": "neva_cuda::fused_add_layer_norm(Tensor x, Tensor weight, Tensor? bias, float eps, "
+                            "bool zero_centered_weight, Tensor residual) -> (Tensor, Tensor)",
     "paged_decode_attention":
         "neva_cuda::paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
         "Tensor seq_lens, float softmax_scale) -> Tensor",

@@ -50,7 +50,7 @@ def row_norm_specs(arch, dtype):
         for block in row_norm_blocks(BACKWARD_MAX_HIDDEN[norm]):
             yield spec("row_norm:_row_norm_backward_kernel", arch,
                        dict(grad_y_ptr=dtype, h_ptr=dtype, weight_ptr=dtype, grad_h_ptr=dtype,
-                            partial_grad_weight_ptr="fp32", partial_grad_bias_ptr="fp32"),
+                            partial_grad_weight_ptr="fp32"),
                        dict(rows="i32", grad_y_row_stride="i32", h_row_stride="i32", hidden="i32", eps="fp32",
                             rows_per_program="i32"),
                        dict(CENTER=flags["CENTER"], ZERO_CENTERED_WEIGHT=flags["ZERO_CENTERED_WEIGHT"], BLOCK=block),
