@@ -23,6 +23,7 @@ from .timing import Timer
 
 SUITES = {
     "memory": "benchmarks.memory_bound",    # rms_norm, paged decode (GB/s)
+    "layer_norm": "benchmarks.layer_norm",  # layer_norm vs eager, compile, Liger (GB/s)
     "compute": "benchmarks.compute_bound",  # flash attention forward/backward, projector (TFLOP/s)
     "model": "benchmarks.end_to_end",       # the whole NeVA model: time to first token, decode tokens/s
     "host": "benchmarks.host_overhead",     # host time per op call and per decoder layer per decode step
