@@ -1,8 +1,8 @@
 """Model configurations: presets by name, and the translation of a llava-hf config.json.
 
 Missing keys in a llava-hf config take the defaults transformers gives them (LlavaConfig, CLIPVisionConfig,
-LlamaConfig or NemotronConfig), because the published checkpoints rely on those defaults (llava-1.5-7b-hf's text_config names
-little more than its vocabulary size).
+LlamaConfig or NemotronConfig), because the published checkpoints rely on those defaults (llava-1.5-7b-hf's
+text_config names little more than its vocabulary size).
 """
 from __future__ import annotations
 

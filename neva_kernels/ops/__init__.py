@@ -12,5 +12,5 @@ from .rotary_embedding import rotary_embedding
 for _op in backends.OPS + backends.BACKWARD_OPS:
     backends.register(_op, "torch")(getattr(reference, _op))
 
-__all__ = ["append_kv_cache", "flash_attention", "layer_norm", "paged_decode_attention", "project_image_tokens", "rms_norm",
-           "rotary_embedding"]
+__all__ = ["append_kv_cache", "flash_attention", "layer_norm", "paged_decode_attention", "project_image_tokens",
+           "rms_norm", "rotary_embedding"]

@@ -80,7 +80,8 @@ def every_op(i):
     nk.append_kv_cache(i["new_k"], i["new_v"], i["k_cache"], i["v_cache"], i["slots"])
     decode = nk.paged_decode_attention(i["decode_q"], i["k_cache"], i["v_cache"], i["block_tables"], i["seq_lens"])
     embeds = nk.project_image_tokens(i["features"], i["w1"], i["b1"], i["w2"], i["b2"], i["embeds"], i["mask"])
-    return (nk.rms_norm(y, i["weight"]), h, nk.layer_norm(ln, i["weight"], None), ln_h, attn, packed, q_rot, k_rot, decode, embeds.clone(), i["k_cache"].clone())
+    return (nk.rms_norm(y, i["weight"]), h, nk.layer_norm(ln, i["weight"], None), ln_h, attn, packed, q_rot, k_rot,
+            decode, embeds.clone(), i["k_cache"].clone())
 
 
 def test_every_op_compiles_fullgraph_and_matches_eager():
