@@ -27,7 +27,7 @@ def make_inputs(dtype: torch.dtype, device: torch.device) -> dict:
     mask = torch.zeros(2, 50, dtype=torch.bool)
     mask[0, 3:21], mask[1, 10:28] = True, True
     tensors = dict(
-        x=rand(5, 769), weight=rand(769), residual=rand(5, 769),
+        x=rand(5, 769), weight=rand(769), bias=rand(769), residual=rand(5, 769),
         q=rand(2, 77, hq, d), k=rand(2, 77, hkv, d), v=rand(2, 77, hkv, d),
         decode_q=rand(3, hq, d), k_cache=rand(num_blocks, block_size, hkv, d), v_cache=rand(num_blocks, block_size, hkv, d),
         new_k=rand(5, hkv, d), new_v=rand(5, hkv, d),
@@ -54,6 +54,8 @@ def _append(i, backend):
 
 CALLS = {
     "rms_norm": lambda i, b: torch.stack(nk.rms_norm(i["x"], i["weight"], 1e-6, residual=i["residual"], backend=b)),
+    "layer_norm": lambda i, b: torch.stack(nk.layer_norm(i["x"], i["weight"], i["bias"], 1e-5, i["residual"],
+                                                         zero_centered_weight=True, backend=b)),
     "flash_attention": lambda i, b: nk.flash_attention(i["q"], i["k"], i["v"], causal=True, backend=b),
     "paged_decode_attention": lambda i, b: nk.paged_decode_attention(i["decode_q"], i["k_cache"], i["v_cache"],
                                                                      i["block_tables"], i["seq_lens"], backend=b),

@@ -9,8 +9,8 @@ def test_quick_benchmarks_write_table_json_markdown_and_plots(tmp_path, capsys):
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["missing_suites"] == {} and data["quick"] is True
     ops = {case["op"] for case in data["cases"]}
-    assert {"rms_norm", "paged_decode_attention", "flash_attention", "project_image_tokens", "time to first token",
-            "decode step"} <= ops, ops
+    assert {"rms_norm", "layer_norm", "paged_decode_attention", "flash_attention", "project_image_tokens",
+            "time to first token", "decode step"} <= ops, ops
     for case in data["cases"]:
         assert case["results"] or case["missing"], case["label"]
         for entry in case["results"].values():
