@@ -21,8 +21,10 @@ from neva_kernels import NevaError
 from .generate import Engine, Request, StepOutput, Timings
 from .image import CLIP_MEAN, CLIP_STD, preprocess_images
 from .prompts import STEERLM_ATTRIBUTE_ORDER, SteerLMAttributes, build_prompt
+from .model import Neva
 from .sampling import SamplingParams
-from .tokenizer import load_tokenizer
+from .server.images import ImageLimits
+from .tokenizer import NevaTokenizer, load_tokenizer, model_input_ids
 from .weights import DTYPES, load_neva
 
 DEFAULT_MODEL = Path(__file__).parent / "checkpoints" / "neva-shapes"
@@ -33,19 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     ask = commands.add_parser("ask", help="answer a question about one or more images")
     ask.add_argument("question")
-    ask.add_argument("--model", type=Path, default=DEFAULT_MODEL,
-                     help="llava-hf checkpoint directory (default: the shipped neva-shapes model)")
+    _add_model_arguments(ask)
     ask.add_argument("--image", action="append", required=True, help="image file (repeat for several)")
     ask.add_argument("--system", help="system text put before the conversation")
     ask.add_argument("--stream", action="store_true", help="print the answer token by token")
-
-    run = ask.add_argument_group("runtime")
-    run.add_argument("--backend", choices=neva_kernels.BACKENDS, help="force one neva_kernels backend")
-    run.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on CUDA, float32 on CPU")
-    run.add_argument("--device", help="default: cuda when available, else cpu")
-    run.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block")
-    run.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
-                     help="replay decode steps from CUDA graphs (default: on CUDA devices)")
 
     sampling = ask.add_argument_group("sampling")
     sampling.add_argument("--max-new-tokens", type=int, default=256)
@@ -61,7 +54,34 @@ def _parser() -> argparse.ArgumentParser:
                        help="use the SteerLM prompt with NeVA's default attributes; any attribute below implies it")
     for name in STEERLM_ATTRIBUTE_ORDER:
         steer.add_argument(f"--{name.replace('_', '-')}", type=int, metavar="0-9")
+
+    serve = commands.add_parser("serve", help="an OpenAI-compatible HTTP server (POST /v1/chat/completions)")
+    _add_model_arguments(serve)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--served-model-name", help="the model name clients send (default: the --model folder's name)")
+    serve.add_argument("--max-batch-size", type=int, default=16, help="requests decoded together")
+    serve.add_argument("--max-queue", type=int, default=256,
+                       help="requests that may wait for a batch slot; more are refused with HTTP 429")
+    serve.add_argument("--max-seq-len", type=int, help="longest prompt + answer (default: min(2048, the model's))")
+    serve.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs")
+    serve.add_argument("--max-image-bytes", type=int, default=ImageLimits.max_bytes)
+    serve.add_argument("--max-image-pixels", type=int, default=ImageLimits.max_pixels)
+    serve.add_argument("--shutdown-timeout", type=float, default=30.0,
+                       help="seconds in-flight requests get to finish after SIGTERM before they are aborted")
     return parser
+
+
+def _add_model_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--model", type=Path, default=DEFAULT_MODEL,
+                         help="llava-hf checkpoint directory (default: the shipped neva-shapes model)")
+    run = command.add_argument_group("runtime")
+    run.add_argument("--backend", choices=neva_kernels.BACKENDS, help="force one neva_kernels backend")
+    run.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on CUDA, float32 on CPU")
+    run.add_argument("--device", help="default: cuda when available, else cpu")
+    run.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block")
+    run.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                     help="replay decode steps from CUDA graphs (default: on CUDA devices)")
 
 
 def _steerlm(args) -> SteerLMAttributes | None:
@@ -82,19 +102,21 @@ def timing_line(t: Timings) -> str:
             f"{t.decode_tokens_per_s:.1f} tokens/s")
 
 
-def ask(args) -> str:
+def _load(args) -> tuple[Neva, NevaTokenizer]:
+    """The model and tokenizer of --model on the device and dtype asked for (the backend set first)."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     if args.backend:
         neva_kernels.set_backend(args.backend)
-    model = load_neva(args.model, dtype=dtype, device=device)
+    return load_neva(args.model, dtype=dtype, device=device), load_tokenizer(args.model)
+
+
+def ask(args) -> str:
+    model, tokenizer = _load(args)
     config = model.config
-    tokenizer = load_tokenizer(args.model)
     images = preprocess_images(args.image, config.vision.image_size, *_image_stats(args.model))
     prompt = build_prompt(args.question, steerlm=_steerlm(args), system=args.system, num_images=len(args.image))
-    ids = tokenizer.expand_image_tokens(tokenizer.encode(prompt), config.image_tokens_per_image, len(args.image))
-    # The model marks image rows with its config's image_token_index, whatever id the tokenizer gives "<image>".
-    ids = [config.image_token_index if t == tokenizer.image_token_id else t for t in ids]
+    ids = model_input_ids(tokenizer, prompt, config, len(args.image))
     room = config.text.max_position_embeddings - len(ids)
     if room < 1:
         raise NevaError(f"the prompt takes {len(ids)} tokens, the model's context only "
@@ -103,11 +125,8 @@ def ask(args) -> str:
     max_new_tokens = min(args.max_new_tokens, room)
     sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                               top_p=args.top_p, seed=args.seed, stop=tuple(args.stop), ignore_eos=args.ignore_eos)
-    # Ids past the tokenizer's vocabulary (llava-hf pads the embedding to 32064 rows) decode to nothing.
-    detokenize = (lambda tokens: tokenizer.decode([t for t in tokens if t < tokenizer.vocab_size]))
     engine = Engine(model, max_batch_size=1, block_size=args.block_size, cuda_graph=args.cuda_graph,
-                    max_seq_len=len(ids) + max_new_tokens,
-                    detokenize=detokenize)
+                    max_seq_len=len(ids) + max_new_tokens, detokenize=tokenizer.decode_generated)
 
     def stream(_, output: StepOutput) -> None:
         print(output.text, end="", flush=True)
@@ -118,10 +137,23 @@ def ask(args) -> str:
     return completion.text
 
 
+def serve(args) -> None:
+    from .server.app import serve  # FastAPI and uvicorn load for this command only
+    from .server.chat import Served
+
+    model, tokenizer = _load(args)
+    engine = Engine(model, max_batch_size=args.max_batch_size, max_seq_len=args.max_seq_len,
+                    block_size=args.block_size, max_waiting=args.max_queue, cuda_graph=args.cuda_graph,
+                    detokenize=tokenizer.decode_generated)
+    limits = ImageLimits(args.max_image_bytes, args.max_image_pixels, args.allow_remote_images)
+    served = Served(engine, tokenizer, *_image_stats(args.model), limits)
+    serve(served, args.served_model_name or args.model.resolve().name, args.host, args.port, args.shutdown_timeout)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        ask(args)
+        {"ask": ask, "serve": serve}[args.command](args)
     except (NevaError, OSError) as error:
         print(f"neva: error: {error}", file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ import torch
 
 from neva_kernels.errors import NevaError, NevaTypeError, NevaValueError
 
+from .config import NevaConfig
 from .prompts import DEFAULT_IMAGE_PLACEHOLDER
 
 
@@ -104,6 +105,11 @@ class NevaTokenizer:
             expanded.extend([token] * num_image_tokens if token == image_id else (token,))
         return expanded
 
+    def decode_generated(self, ids: list[int]) -> str:
+        """Text of generated ids; ids past the tokenizer's vocabulary (llava-hf pads the model's embedding, e.g.
+        to 32064 rows) decode to nothing."""
+        return self.decode([t for t in ids if t < self.vocab_size])
+
     def _required_id(self, token: str | None, role: str) -> int:
         if token is None:
             raise NevaTokenizerError(f"{self.source} defines no {role} token")
@@ -125,6 +131,13 @@ class NevaTokenizer:
             if not 0 <= token < self.vocab_size:
                 raise NevaValueError(f"{name}[{position}] = {token} is outside the vocabulary [0, {self.vocab_size})")
         return list(ids)
+
+
+def model_input_ids(tokenizer: NevaTokenizer, prompt: str, config: NevaConfig, num_images: int) -> list[int]:
+    """The ids the model is fed for `prompt`: BOS, each image placeholder expanded to the image's tokens, marked
+    with the model config's image_token_index (whatever id the tokenizer gives the placeholder)."""
+    ids = tokenizer.expand_image_tokens(tokenizer.encode(prompt), config.image_tokens_per_image, num_images)
+    return [config.image_token_index if t == tokenizer.image_token_id else t for t in ids]
 
 
 def load_tokenizer(model_dir, image_token: str = DEFAULT_IMAGE_PLACEHOLDER) -> NevaTokenizer:
