@@ -9,7 +9,6 @@ status 1.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import neva_kernels
 from neva_kernels import NevaError
 
 from .generate import Engine, Request, StepOutput, Timings
-from .image import CLIP_MEAN, CLIP_STD, preprocess_images
+from .image import checkpoint_image_stats, preprocess_images
 from .prompts import STEERLM_ATTRIBUTE_ORDER, SteerLMAttributes, build_prompt
 from .model import Neva
 from .sampling import SamplingParams
@@ -89,13 +88,6 @@ def _steerlm(args) -> SteerLMAttributes | None:
     return SteerLMAttributes(**given) if args.steerlm or given else None
 
 
-def _image_stats(model_dir: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Mean and std from preprocessor_config.json when the checkpoint has one, else CLIP's."""
-    path = model_dir / "preprocessor_config.json"
-    config = json.loads(path.read_text()) if path.is_file() else {}
-    return tuple(config.get("image_mean", CLIP_MEAN)), tuple(config.get("image_std", CLIP_STD))
-
-
 def timing_line(t: Timings) -> str:
     return (f"vision {t.vision_s * 1e3:.1f} ms | projection {t.projection_s * 1e3:.1f} ms | prefill "
             f"{t.prefill_tokens} tokens {t.prefill_s * 1e3:.1f} ms | decode {t.decode_tokens} tokens "
@@ -114,7 +106,7 @@ def _load(args) -> tuple[Neva, NevaTokenizer]:
 def ask(args) -> str:
     model, tokenizer = _load(args)
     config = model.config
-    images = preprocess_images(args.image, config.vision.image_size, *_image_stats(args.model))
+    images = preprocess_images(args.image, config.vision.image_size, *checkpoint_image_stats(args.model))
     prompt = build_prompt(args.question, steerlm=_steerlm(args), system=args.system, num_images=len(args.image))
     ids = model_input_ids(tokenizer, prompt, config, len(args.image))
     room = config.text.max_position_embeddings - len(ids)
@@ -146,7 +138,7 @@ def serve(args) -> None:
                     block_size=args.block_size, max_waiting=args.max_queue, cuda_graph=args.cuda_graph,
                     detokenize=tokenizer.decode_generated)
     limits = ImageLimits(args.max_image_bytes, args.max_image_pixels, args.allow_remote_images)
-    served = Served(engine, tokenizer, *_image_stats(args.model), limits)
+    served = Served(engine, tokenizer, *checkpoint_image_stats(args.model), limits)
     serve(served, args.served_model_name or args.model.resolve().name, args.host, args.port, args.shutdown_timeout)
 
 

@@ -2,8 +2,11 @@
 runs it in uvicorn."""
 from __future__ import annotations
 
+import socket
+import threading
 import time
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -20,12 +23,43 @@ from .protocol import ChatCompletionRequest, parse_chat_request
 from .responses import DONE, ResponseIds, chunk_body, completion_body, event, usage, usage_chunk_body
 
 
+def _server(served: Served, model_name: str, host: str, port: int, log_level: str = "info",
+            shutdown_timeout_s: float = 30.0) -> uvicorn.Server:
+    return uvicorn.Server(uvicorn.Config(create_app(served, model_name), host=host, port=port, log_level=log_level,
+                                         timeout_graceful_shutdown=shutdown_timeout_s))
+
+
 def serve(served: Served, model_name: str, host: str, port: int, shutdown_timeout_s: float = 30.0) -> None:
     """Serve until SIGINT / SIGTERM; then in-flight requests get `shutdown_timeout_s` to finish, the rest are
     aborted and the engine thread ends."""
-    config = uvicorn.Config(create_app(served, model_name), host=host, port=port, log_level="info",
-                            timeout_graceful_shutdown=shutdown_timeout_s)
-    uvicorn.Server(config).run()
+    _server(served, model_name, host, port, shutdown_timeout_s=shutdown_timeout_s).run()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def serving_in_thread(served: Served, model_name: str, host: str = "127.0.0.1", port: int = 0,
+                      start_timeout_s: float = 60.0) -> Iterator[str]:
+    """Serve from a thread of this process (tests, benchmarks); yields the base URL, stops on exit. Port 0: a
+    free one."""
+    port = port or free_port(host)
+    server = _server(served, model_name, host, port, log_level="warning")
+    thread = threading.Thread(target=server.run, name="neva-http", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the server on {host}:{port} did not start")
+            time.sleep(0.02)
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=start_timeout_s)
 
 
 def create_app(served: Served, model_name: str) -> FastAPI:

@@ -1,19 +1,17 @@
 """Running a neva server on 127.0.0.1 (a free port) in a thread of the test process, and talking to it."""
 import base64
 import json
-import socket
-import threading
 import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
 
 import torch
-import uvicorn
 
 from neva_model import Engine
-from neva_model.cli import DEFAULT_MODEL, _image_stats
-from neva_model.server.app import create_app
+from neva_model.cli import DEFAULT_MODEL
+from neva_model.image import checkpoint_image_stats
+from neva_model.server.app import serving_in_thread
 from neva_model.server.chat import Served
 from neva_model.server.images import ImageLimits
 
@@ -21,34 +19,17 @@ MODEL_NAME = "neva-shapes"
 EXAMPLES = DEFAULT_MODEL.parent.parent / "examples"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def running_server(shipped, limits: ImageLimits = ImageLimits(), **engine_options):
-    """Yields (base URL, engine) of a server in a thread; stops it (and its engine thread) afterwards."""
+    """Yields (base URL, engine) of a server in a thread of this process; stops it (and its engine thread) after."""
     model, tokenizer = shipped
     engine = Engine(model, detokenize=tokenizer.decode_generated, **engine_options)
-    served = Served(engine, tokenizer, *_image_stats(DEFAULT_MODEL), limits)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(served, MODEL_NAME), host="127.0.0.1", port=port,
-                                           log_level="warning"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matmuls on a shared 2-core machine run far slower when threads contend
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
     try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.02)
-        yield f"http://127.0.0.1:{port}", engine
+        with serving_in_thread(Served(engine, tokenizer, *checkpoint_image_stats(DEFAULT_MODEL), limits), MODEL_NAME) as url:
+            yield url, engine
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
         torch.set_num_threads(threads)
 
 

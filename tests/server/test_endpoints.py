@@ -8,19 +8,19 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from neva_model.prompts import SteerLMAttributes, build_prompt
+from neva_model.server.app import free_port
 from neva_model.server.chat import Served, engine_request
 from neva_model.server.images import ImageLimits
 from neva_model.server.protocol import parse_chat_request
 from neva_model.tokenizer import model_input_ids
 
-from tests.server.serving import EXAMPLES, MODEL_NAME, free_port, post, question, running_server, wait_until
+from tests.server.serving import EXAMPLES, MODEL_NAME, post, question, running_server, wait_until
 
 
 def _get(url: str) -> tuple[int, str]:
