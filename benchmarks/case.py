@@ -16,4 +16,5 @@ class Case:
     missing: dict[str, str] = field(default_factory=dict)  # anchor -> why it was not measured
     backward: bool = False                   # the implementations run a backward pass
     tokens: int | None = None                # tokens each call produces (reported as tokens/s)
-    measure: Callable[[], dict[str, float]] | None = None  # times the implementations itself: name -> ms
+    # times the implementations itself: name -> ms, or an entry with "ms" and more (a load test's latencies)
+    measure: Callable[[], dict[str, float | dict]] | None = None

@@ -26,6 +26,11 @@ def _cell(entry: dict) -> str:
         parts.append(_throughput(entry) + (f" ({entry['roofline_pct']:.0f}%)" if "roofline_pct" in entry else ""))
     if "tokens_per_s" in entry:
         parts.append(f"{entry['tokens_per_s']:.0f} tok/s")
+    if "requests_per_s" in entry:
+        parts.append(f"{entry['requests_per_s']:.2f} req/s")
+    for name in ("ttft", "itl"):  # latency percentiles of a load test
+        if f"{name}_p50_ms" in entry:
+            parts.append(f"{name.upper()} p50 {entry[f'{name}_p50_ms']:.1f} / p99 {entry[f'{name}_p99_ms']:.1f} ms")
     return ", ".join(parts)
 
 

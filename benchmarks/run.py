@@ -27,6 +27,7 @@ SUITES = {
     "compute": "benchmarks.compute_bound",  # flash attention forward/backward, projector (TFLOP/s)
     "model": "benchmarks.end_to_end",       # the whole NeVA model: time to first token, decode tokens/s
     "host": "benchmarks.host_overhead",     # host time per op call and per decoder layer per decode step
+    "serving": "benchmarks.serving",        # neva serve under N concurrent clients: throughput, TTFT, latency
 }
 OUT_OF_TIME = "not measured: time budget spent"
 
@@ -66,14 +67,15 @@ def measure_case(case: Case, timer: Timer, ceilings: dict, budget: Budget = Budg
             continue
         try:
             if case.measure:
-                ms = self_timed[name]
+                measured = self_timed[name]
+                entry = dict(measured) if isinstance(measured, dict) else {"ms": measured}
             else:
                 with value_checks(False):
-                    ms = timer.median_ms(fn)
+                    entry = {"ms": timer.median_ms(fn)}
         except Exception as error:  # an anchor failing (OOM, unsupported shape) is reported, not fatal
             missing[name] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
             continue
-        entry = {"ms": ms}
+        ms = entry["ms"]
         if case.bytes:
             entry["gbps"] = case.bytes / (ms * 1e-3) / 1e9
             entry["roofline_pct"] = 100 * entry["gbps"] / ceilings["copy_gbps"]
