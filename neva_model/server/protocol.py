@@ -103,17 +103,31 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     try:
         request = ChatCompletionRequest.model_validate_json(body)
     except ValidationError as error:
-        first = error.errors(include_url=False)[0]
-        if first["type"] == "json_invalid":
-            raise bad_request(f"the body is not valid JSON: {first['msg']}") from error
-        param = ".".join(str(p) for p in first["loc"]) or None
-        raise bad_request(f"{param or 'body'}: {first['msg']}, got {_short(first.get('input'))}", param) from error
+        errors = error.errors(include_url=False)
+        if errors[0]["type"] == "json_invalid":
+            raise bad_request(f"the body is not valid JSON: {errors[0]['msg']}") from error
+        deepest = max(errors, key=lambda e: len(e["loc"]))  # of a union's branches, the one that got furthest
+        param = _param(deepest["loc"])
+        raise bad_request(f"{param or 'body'}: {deepest['msg']}, got {_short(deepest.get('input'))}",
+                          param) from error
     stop = request.stop_strings
     if len(stop) > MAX_STOP_STRINGS or not all(stop):
         raise bad_request(f"stop: expected up to {MAX_STOP_STRINGS} non-empty strings, got {stop!r}", "stop")
     if request.stream_options is not None and not request.stream:
         raise bad_request("stream_options: only allowed with stream: true", "stream_options")
     return request
+
+
+def _param(loc: tuple) -> str | None:
+    """pydantic's error location as a field path, e.g. messages[0].content[1].image_url.url; the names pydantic
+    gives a union's branches (str, list[...], a tagged union's tag repeating the field after it) left out."""
+    path = ""
+    for item in loc:
+        if isinstance(item, int):
+            path += f"[{item}]"
+        elif not ("[" in item or item == "str" or path.endswith(f".{item}") or path == item):
+            path += f".{item}" if path else item
+    return path or None
 
 
 def _short(value) -> str:
