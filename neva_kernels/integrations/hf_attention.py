@@ -23,16 +23,23 @@ _UNSUPPORTED_KWARGS = ("softcap", "s_aux", "sinks")
 
 
 def _expect_causal_pattern(mask_function, grid: dict) -> None:
-    """Evaluate the model's mask pattern on this call's (query, key) grid: it must be exactly the causal one."""
+    """Evaluate the model's mask pattern on this call's (query, key) grid: it must be exactly the causal one.
+
+    While torch.compile traces (where transformers always builds a packed-sequence pattern, causal for ordinary
+    position ids), the check is an assertion inside the graph rather than a Python branch.
+    """
     grid = {**grid, "attention_mask": None, "allow_is_causal_skip": False, "allow_is_bidirectional_skip": False}
     pattern = sdpa_mask(mask_function=mask_function, **grid)
-    causal = sdpa_mask(mask_function=causal_mask_function, **grid)
+    causal = sdpa_mask(mask_function=causal_mask_function, **grid).expand_as(pattern)
     window = grid.get("local_size")
-    expect(torch.equal(pattern, causal.expand_as(pattern)), OP,
-           "the model's attention pattern must be causal or full over padded sequences, got "
-           + (f"a sliding window of {window} tokens that cuts into the {grid['kv_length']} keys of this call"
-              if window is not None else "another pattern (packed sequences, token-type or chunked attention)")
-           + "; use attn_implementation='sdpa' for it")
+    message = ("the model's attention pattern must be causal or full over padded sequences, got "
+               + (f"a sliding window of {window} tokens that cuts into the {grid['kv_length']} keys of this call"
+                  if window is not None else "another pattern (packed sequences, token-type or chunked attention)")
+               + "; use attn_implementation='sdpa' for it")
+    if torch.compiler.is_compiling():
+        torch._assert_async((pattern == causal).all(), f"{OP}: {message}")
+    else:
+        expect(torch.equal(pattern, causal), OP, message)
 
 
 def attention_mask(mask_function=causal_mask_function, attention_mask=None, **kwargs):
