@@ -28,6 +28,7 @@ SUITES = {
     "model": "benchmarks.end_to_end",       # the whole NeVA model: time to first token, decode tokens/s
     "host": "benchmarks.host_overhead",     # host time per op call and per decoder layer per decode step
     "serving": "benchmarks.serving",        # neva serve under N concurrent clients: throughput, TTFT, latency
+    "transformers": "benchmarks.hf_transformers",  # HF LLaVA stock (sdpa) vs neva-accelerated: prefill, decode, train
 }
 OUT_OF_TIME = "not measured: time budget spent"
 
