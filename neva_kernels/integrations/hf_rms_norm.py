@@ -30,6 +30,8 @@ def why_not_llama_rms_norm(module: nn.Module) -> str | None:
     eps = epsilon(module)
     if list(params) != ["weight"] or params["weight"].dim() != 1 or eps is None:
         return "it does not hold exactly one 1-D 'weight' and a numeric epsilon"
+    if len(inspect.signature(type(module).forward).parameters) != 2:
+        return "its forward takes more than the input (e.g. a gate)"
     generator = torch.Generator().manual_seed(0)
     hidden, device = params["weight"].shape[0], params["weight"].device
     x = (torch.randn(3, hidden, generator=generator) * 3).to(device)

@@ -121,9 +121,10 @@ def accelerate(model: PreTrainedModel) -> PreTrainedModel:
     record.previous_attention = _attention_implementations(model)
     model.set_attn_implementation(ATTENTION)
     for key, implementation in _attention_implementations(model).items():
-        entry = (key, f"attention -> flash_attention ('{ATTENTION}')")
-        (record.replaced if implementation == ATTENTION else record.kept).append(
-            entry if implementation == ATTENTION else (key, f"attention stays '{implementation}'"))
+        if implementation == ATTENTION:
+            record.replaced.append((key, f"attention -> flash_attention ('{ATTENTION}')"))
+        else:  # transformers declined to switch this (sub-)model and warned why
+            record.kept.append((key, f"attention stays '{implementation}'"))
     for patch in patches:
         patch.module.forward = patch.forward
         record.patched.append(patch.module)

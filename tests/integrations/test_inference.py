@@ -33,6 +33,8 @@ def test_logits_match_stock_by_rule(name, batch, cpu_backend):
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("batch", list(LENGTHS))
 def test_greedy_generation_is_identical(name, batch, cpu_backend):
+    if cpu_backend == "triton" and name.startswith("mistral"):
+        pytest.skip("20 decode steps in the Triton interpreter take ~30 s a model: Qwen2 stands for Mistral there")
     check_greedy(name, batch)
 
 
