@@ -8,6 +8,8 @@ import subprocess
 
 import torch
 
+from neva_kernels.architecture import architecture
+
 
 def git_commit() -> str:
     """The commit of this checkout; the GPU machine's copy has no .git, so fall back to a .commit file."""
@@ -37,7 +39,7 @@ def stamp(device: torch.device) -> dict:
     on_gpu = device.type == "cuda"
     return {
         "device": torch.cuda.get_device_name(device) if on_gpu else f"CPU ({platform.processor() or platform.machine()})",
-        "architecture": "sm{}{}".format(*torch.cuda.get_device_capability(device)) if on_gpu else "cpu",
+        "architecture": architecture(device),  # the key of measured_preferences.json
         "driver": _driver_version() if on_gpu else "none",
         "torch": torch.__version__, "cuda": torch.version.cuda or "none", "triton": triton_version,
         "python": platform.python_version(), "commit": git_commit(),

@@ -10,6 +10,7 @@ Overrides, strongest first:
   1. ``backend=`` on the call;
   2. a per-op setting: ``NEVA_KERNELS_BACKEND="rms_norm=cuda,flash_attention=triton"`` or ``set_backend(..., op=)``;
   3. a global setting: ``NEVA_KERNELS_BACKEND=torch`` or ``set_backend("torch")``.
+Settings 2 and 3 can also hold for a block only: ``with use_backend("torch"):``.
 A requested backend that cannot run the call raises BackendUnavailableError saying why: never a silent fallback.
 
 What depends only on (op, device, dtype, requested backend) — which backends are built, run on that device and
@@ -20,14 +21,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
+from .architecture import architecture
 from .errors import BackendUnavailableError, NevaValueError
 
-__all__ = ["BACKENDS", "OPS", "BackendUnavailableError", "choose", "register", "set_backend"]
+__all__ = ["BACKENDS", "OPS", "BackendUnavailableError", "choose", "register", "set_backend", "use_backend"]
 
 BACKENDS = ("cuda", "triton", "torch")
 OPS = ("rms_norm", "layer_norm", "flash_attention", "paged_decode_attention", "append_kv_cache", "rotary_embedding",
@@ -110,6 +113,17 @@ def set_backend(backend: str | None, op: str | None = None) -> None:
         _per_op_choice[op] = backend
 
 
+@contextmanager
+def use_backend(backend: str, op: str | None = None) -> Iterator[None]:
+    """Within the block, force `backend` as set_backend does; the previous setting comes back afterwards."""
+    previous = _global_choice if op is None else _per_op_choice.get(op)
+    set_backend(backend, op)
+    try:
+        yield
+    finally:
+        set_backend(previous, op)
+
+
 def _read_environment() -> None:
     """Parse NEVA_KERNELS_BACKEND: 'triton', or 'rms_norm=cuda,flash_attention=triton', or both mixed."""
     text = os.environ.get("NEVA_KERNELS_BACKEND", "").strip()
@@ -174,11 +188,6 @@ def _load_measured_preferences() -> dict:
 # {"sm90": {"rms_norm": ["cuda", "triton"], ...}}: per GPU architecture and op, the backends in the order the
 # committed benchmark results ranked them (scripts/update_preferences.py writes it from benchmarks/results/).
 _measured = _load_measured_preferences()
-
-
-def architecture(device: torch.device) -> str:
-    major, minor = torch.cuda.get_device_capability(device)
-    return f"sm{major}{minor}"
 
 
 def _preference(op: str, device: torch.device) -> tuple[str, ...]:

@@ -5,8 +5,8 @@ Every message names the op, the argument, what was expected and what was given, 
 
 Metadata checks (dtype, rank, shape, device) run in the public functions, so they also run on fake tensors
 while torch.compile traces. Checks of tensor *values* (index ranges, counts) need the data; they run inside the
-custom ops, and are skipped while a CUDA graph is being captured or when disabled with
-``set_value_checks(False)`` / ``NEVA_KERNELS_VALUE_CHECKS=0`` (each costs a device sync on GPU).
+custom ops, and are skipped while a CUDA graph is being captured or when disabled: ``set_value_checks(False)``,
+within ``with value_checks(False):``, or ``NEVA_KERNELS_VALUE_CHECKS=0`` (each check costs a device sync on GPU).
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 from .errors import NevaTypeError, NevaValueError
 
@@ -115,3 +116,11 @@ def expect_index_range(op: str, name: str, values: torch.Tensor, low: int, high:
     smallest, largest = int(values.min()), int(values.max())
     expect(low <= smallest and largest < high, op,
            lambda: f"'{name}' values must lie in [{low}, {high}), got values in [{smallest}, {largest}]")
+
+
+def starts_aligned(t: torch.Tensor, alignment: int = 16) -> bool:
+    """Whether the first element of `t` is `alignment`-byte aligned. Tensors without data (fake or meta, while
+    tracing) are judged by their storage offset: allocations themselves are aligned."""
+    if t.device.type == "meta" or isinstance(t, FakeTensor):
+        return t.storage_offset() * t.element_size() % alignment == 0
+    return t.data_ptr() % alignment == 0

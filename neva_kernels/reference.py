@@ -158,6 +158,11 @@ def _attend_backward(grad_out: Tensor, grad_lse: Tensor, q: Tensor, k: Tensor, v
     return grad_q, fold(grad_k), fold(grad_v)
 
 
+def lse_shape(q: Tensor, packed: bool) -> tuple[int, ...]:
+    """The shape of flash_attention's log-sum-exp for `q`: [B, Hq, Sq] padded, [Hq, total_q] packed."""
+    return (q.shape[1], q.shape[0]) if packed else (q.shape[0], q.shape[2], q.shape[1])
+
+
 def flash_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, softmax_scale: float,
                     cu_seqlens_q: Tensor | None = None, cu_seqlens_k: Tensor | None = None,
                     max_seqlen_q: int | None = None, max_seqlen_k: int | None = None):
@@ -171,7 +176,7 @@ def flash_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, softmax_scale
         out, lse = _attend(q, k, v, causal, softmax_scale)
         return out.to(q.dtype).contiguous(), lse.contiguous()
     out = torch.zeros(q.shape, dtype=compute_dtype(q), device=q.device)
-    lse = torch.full((q.shape[1], q.shape[0]), -math.inf, dtype=compute_dtype(q), device=q.device)
+    lse = torch.full(lse_shape(q, packed=True), -math.inf, dtype=compute_dtype(q), device=q.device)
     bounds_q, bounds_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
     for i in range(len(bounds_q) - 1):
         (q0, q1), (k0, k1) = bounds_q[i:i + 2], bounds_k[i:i + 2]
@@ -255,10 +260,11 @@ def rotary_embedding(q: Tensor, k: Tensor, positions: Tensor, cos_sin_cache: Ten
 
 
 def rotary_cos_sin_cache(rot_dim: int, max_position: int, base: float = 10000.0,
-                         dtype: torch.dtype = torch.float32, device=None) -> Tensor:
-    """The [max_position, rot_dim] cache of cos | sin that rotary_embedding reads (LLaMA's frequencies)."""
+                         dtype: torch.dtype = torch.float32, device=None, scaling_factor: float = 1.0) -> Tensor:
+    """The [max_position, rot_dim] cache of cos | sin that rotary_embedding reads (LLaMA's frequencies, divided
+    by the linear RoPE scaling factor), computed in float64 and cast once."""
     inv_freq = 1.0 / base ** (torch.arange(0, rot_dim, 2, dtype=torch.float64, device=device) / rot_dim)
-    angles = torch.arange(max_position, dtype=torch.float64, device=device)[:, None] * inv_freq[None]
+    angles = torch.arange(max_position, dtype=torch.float64, device=device)[:, None] * (inv_freq / scaling_factor)[None]
     return torch.cat((angles.cos(), angles.sin()), dim=-1).to(dtype)
 
 

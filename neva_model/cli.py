@@ -9,6 +9,7 @@ status 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -98,8 +99,6 @@ def _load(args) -> tuple[Neva, NevaTokenizer]:
     """The model and tokenizer of --model on the device and dtype asked for (the backend set first)."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    if args.backend:
-        neva_kernels.set_backend(args.backend)
     return load_neva(args.model, dtype=dtype, device=device), load_tokenizer(args.model)
 
 
@@ -145,7 +144,10 @@ def serve(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        {"ask": ask, "serve": serve}[args.command](args)
+        # Scoped: a caller of main() (tests, a notebook) keeps its own backend setting afterwards.
+        backend = getattr(args, "backend", None)
+        with neva_kernels.use_backend(backend) if backend else contextlib.nullcontext():
+            {"ask": ask, "serve": serve}[args.command](args)
     except (NevaError, OSError) as error:
         print(f"neva: error: {error}", file=sys.stderr)
         return 1

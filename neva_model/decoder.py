@@ -40,11 +40,9 @@ class AttentionBatch:
 def rope_cos_sin_cache(config: TextConfig, device=None) -> Tensor:
     """[max_position, rotary_dim] float32 cos | sin of the RoPE frequencies over the rotated features of a head,
     divided by the linear scaling factor."""
-    dim = config.rotary_dim
-    inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64, device=device) / dim)
-    positions = torch.arange(config.max_position_embeddings, dtype=torch.float64, device=device)
-    angles = positions[:, None] * (inv_freq / config.rope_scaling_factor)[None]
-    return torch.cat((angles.cos(), angles.sin()), dim=-1).float()
+    return neva_kernels.reference.rotary_cos_sin_cache(config.rotary_dim, config.max_position_embeddings,
+                                                       config.rope_theta, device=device,
+                                                       scaling_factor=config.rope_scaling_factor)
 
 
 class DecoderAttention(nn.Module):

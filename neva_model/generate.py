@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from neva_kernels import NevaError, NevaTypeError, NevaValueError, OutOfBlocksError, PagedKVCache, set_value_checks
-from neva_kernels.checks import value_checks_enabled
+from neva_kernels import NevaError, NevaTypeError, NevaValueError, OutOfBlocksError, PagedKVCache, value_checks
 
 from .cuda_graphs import DecodeGraphs
 from .decoder import AttentionBatch
@@ -171,14 +170,10 @@ class Engine:
     def _timed(self, phase: str):
         """Time a phase, with neva_kernels' value checks set as the engine was told."""
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
-        checks = value_checks_enabled()
-        set_value_checks(self.value_checks)
         sync()
         start = time.perf_counter()
-        try:
+        with value_checks(self.value_checks):
             yield
-        finally:
-            set_value_checks(checks)
         sync()
         setattr(self.timings, phase, getattr(self.timings, phase) + time.perf_counter() - start)
 

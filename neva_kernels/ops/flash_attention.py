@@ -9,7 +9,7 @@ from torch import Tensor
 from .. import backends
 from ..checks import (INDEX_DTYPES, expect, expect_index_range, expect_same_device, expect_same_dtype, expect_shape,
                       expect_tensor, value_checks_enabled)
-from ..reference import compute_dtype
+from ..reference import compute_dtype, lse_shape
 from ._library import define
 
 OP = "flash_attention"
@@ -40,11 +40,7 @@ def _flash_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, softmax_scal
 
 @torch.library.register_fake(_flash_attention)
 def _(q, k, v, causal, softmax_scale, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, backend):
-    if cu_seqlens_q is None:
-        lse_shape = (q.shape[0], q.shape[2], q.shape[1])
-    else:
-        lse_shape = (q.shape[1], q.shape[0])
-    return q.new_empty(q.shape), q.new_empty(lse_shape, dtype=compute_dtype(q))
+    return q.new_empty(q.shape), q.new_empty(lse_shape(q, packed=cu_seqlens_q is not None), dtype=compute_dtype(q))
 
 
 @define("flash_attention_backward")

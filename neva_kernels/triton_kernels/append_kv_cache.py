@@ -7,6 +7,7 @@ from torch import Tensor
 
 from .. import backends
 from . import memory_bound_configs as configs
+from ._common import unit_stride
 
 
 @triton.jit
@@ -26,16 +27,12 @@ def _append_kv_cache_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_mapping
         tl.store(v_cache_ptr + cache_offsets, v, mask=mask)
 
 
-def _unit_stride_last(t: Tensor) -> Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 @backends.register("append_kv_cache", "triton")
 def append_kv_cache(k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, slot_mapping: Tensor) -> None:
     num_tokens, kv_heads, head_dim = k.shape
     if num_tokens == 0:
         return
-    k, v, slot_mapping = _unit_stride_last(k), _unit_stride_last(v), slot_mapping.contiguous()
+    k, v, slot_mapping = unit_stride(k), unit_stride(v), slot_mapping.contiguous()
     launch = configs.per_token_launch(kv_heads * head_dim)
     _append_kv_cache_kernel[(num_tokens,)](
         k, v, k_cache, v_cache, slot_mapping, k.stride(0), k.stride(1), v.stride(0), v.stride(1), kv_heads,

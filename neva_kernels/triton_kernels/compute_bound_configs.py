@@ -1,30 +1,29 @@
 """Tile sizes, warps and stages of the compute-bound Triton kernels (attention, projector GEMMs), per architecture.
 
 One table per kernel family, keyed by the GPU generation; each entry is the small candidate set the autotuner
-times on first use. The generation comes from the compute capability of the current CUDA device; without a
-GPU (the CPU interpreter) one small configuration is used so that tests stay fast and cover several tiles.
+times on first use. The generation of the tensors' device comes from neva_kernels.architecture; for CPU tensors
+(the Triton interpreter) one small configuration is used so that tests stay fast and cover several tiles.
 On sm90, tl.dot lowers to wgmma by itself when the tile has 64+ rows per warp group; on sm80 to mma.sync.
 """
 from __future__ import annotations
 
-import functools
-
-import torch
 import triton
+
+from ..architecture import CPU, SM80, SM90
 
 # Every entry below compiles for its architecture without register spills (tests/triton/test_compute_bound_aot.py).
 
 # Forward, (BLOCK_M, BLOCK_N, num_warps, num_stages) per padded head dim. Query tiles of 128 rows feed wgmma;
 # the key tile shrinks as the head dim grows so the fp32 accumulator and the K/V stages fit in registers/smem.
 _ATTENTION_FORWARD = {
-    "sm90": {64: [(128, 128, 8, 3), (128, 64, 4, 3)],
-             128: [(128, 128, 8, 3), (128, 64, 8, 3)],
-             256: [(128, 32, 8, 2), (64, 32, 4, 2)]},
-    "sm80": {64: [(128, 128, 8, 3), (64, 64, 4, 3)],
-             128: [(128, 64, 8, 3), (128, 32, 8, 3)],
-             256: [(64, 32, 8, 2), (32, 64, 4, 2)]},
+    SM90: {64: [(128, 128, 8, 3), (128, 64, 4, 3)],
+           128: [(128, 128, 8, 3), (128, 64, 8, 3)],
+           256: [(128, 32, 8, 2), (64, 32, 4, 2)]},
+    SM80: {64: [(128, 128, 8, 3), (64, 64, 4, 3)],
+           128: [(128, 64, 8, 3), (128, 32, 8, 3)],
+           256: [(64, 32, 8, 2), (32, 64, 4, 2)]},
     # The interpreter: unequal tiles so the tests cover the causal diagonal crossing tile borders.
-    "interpreter": {64: [(64, 32, 4, 1)], 128: [(64, 32, 4, 1)], 256: [(32, 32, 4, 1)]},
+    CPU: {64: [(64, 32, 4, 1)], 128: [(64, 32, 4, 1)], 256: [(32, 32, 4, 1)]},
 }
 
 # Backward dK/dV kernel: a program owns a key tile (BLOCK_N) and walks query tiles (BLOCK_M). Two fp32
@@ -32,50 +31,33 @@ _ATTENTION_FORWARD = {
 # no wgmma-shaped tile fits without spills, so it runs on mma.sync there. The sm90 stages are the most that triton
 # 3.6 (the GPU machine's) also compiles without spills: one more spilled 28-32 bytes there.
 _ATTENTION_DKDV = {
-    "sm90": {64: [(32, 64, 8, 2)],
-             128: [(32, 64, 8, 1), (16, 128, 8, 2)],
-             256: [(64, 32, 8, 1)]},
-    "sm80": {64: [(64, 32, 4, 3), (32, 64, 8, 3)],
-             128: [(32, 64, 8, 2)],
-             256: [(16, 64, 8, 1), (64, 32, 8, 1)]},
-    "interpreter": {64: [(32, 64, 4, 1)], 128: [(32, 64, 4, 1)], 256: [(32, 32, 4, 1)]},
+    SM90: {64: [(32, 64, 8, 2)],
+           128: [(32, 64, 8, 1), (16, 128, 8, 2)],
+           256: [(64, 32, 8, 1)]},
+    SM80: {64: [(64, 32, 4, 3), (32, 64, 8, 3)],
+           128: [(32, 64, 8, 2)],
+           256: [(16, 64, 8, 1), (64, 32, 8, 1)]},
+    CPU: {64: [(32, 64, 4, 1)], 128: [(32, 64, 4, 1)], 256: [(32, 32, 4, 1)]},
 }
 
 # Backward dQ kernel: a program owns a query tile (BLOCK_M) and walks key tiles (BLOCK_N).
 _ATTENTION_DQ = {
-    "sm90": {64: [(128, 32, 4, 3)],
-             128: [(128, 32, 8, 2), (64, 64, 4, 2)],
-             256: [(32, 32, 4, 1)]},
-    "sm80": {64: [(64, 64, 4, 3)],
-             128: [(128, 32, 8, 2), (64, 64, 4, 2)],
-             256: [(64, 32, 8, 1), (32, 32, 4, 1)]},
-    "interpreter": {64: [(64, 32, 4, 1)], 128: [(64, 32, 4, 1)], 256: [(32, 32, 4, 1)]},
+    SM90: {64: [(128, 32, 4, 3)],
+           128: [(128, 32, 8, 2), (64, 64, 4, 2)],
+           256: [(32, 32, 4, 1)]},
+    SM80: {64: [(64, 64, 4, 3)],
+           128: [(128, 32, 8, 2), (64, 64, 4, 2)],
+           256: [(64, 32, 8, 1), (32, 32, 4, 1)]},
+    CPU: {64: [(64, 32, 4, 1)], 128: [(64, 32, 4, 1)], 256: [(32, 32, 4, 1)]},
 }
 
 # Projector GEMMs, (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages). 128 x 256 tiles spill once the
 # GELU epilogue joins the accumulator, so 128 x 128 is the largest.
 _GEMM = {
-    "sm90": [(128, 128, 64, 8, 8, 4), (128, 128, 64, 8, 8, 3)],
-    "sm80": [(128, 128, 32, 8, 8, 3), (64, 128, 32, 8, 4, 4)],
-    "interpreter": [(32, 64, 32, 4, 4, 1)],
+    SM90: [(128, 128, 64, 8, 8, 4), (128, 128, 64, 8, 8, 3)],
+    SM80: [(128, 128, 32, 8, 8, 3), (64, 128, 32, 8, 4, 4)],
+    CPU: [(32, 64, 32, 4, 4, 1)],
 }
-
-GENERATIONS = ("sm90", "sm80")
-
-
-@functools.cache
-def generation() -> str:
-    """'sm90' for Hopper and newer, 'sm80' for Ampere/Ada, 'interpreter' without a GPU."""
-    if not torch.cuda.is_available():
-        return "interpreter"
-    major, _ = torch.cuda.get_device_capability()
-    return "sm90" if major >= 9 else "sm80"
-
-
-def capability(gen: str) -> int:
-    """The compute capability a generation's configurations are compiled for ahead of time."""
-    return {"sm90": 90, "sm80": 80}[gen]
-
 
 def padded_head_dim(head_dim: int) -> int:
     """The register tile of the head dim: 64, 128 or 256 (80 and 96 run masked in a 128 tile)."""
@@ -87,17 +69,17 @@ def _configs(table: dict, block_d: int, names: tuple[str, ...]) -> list[triton.C
             for *tiles, warps, stages in table[block_d]]
 
 
-def attention_forward_configs(block_d: int, gen: str | None = None) -> list[triton.Config]:
-    return _configs(_ATTENTION_FORWARD[gen or generation()], block_d, ("BLOCK_M", "BLOCK_N"))
+def attention_forward_configs(block_d: int, gen: str) -> list[triton.Config]:
+    return _configs(_ATTENTION_FORWARD[gen], block_d, ("BLOCK_M", "BLOCK_N"))
 
 
-def attention_dkdv_configs(block_d: int, gen: str | None = None) -> list[triton.Config]:
-    return _configs(_ATTENTION_DKDV[gen or generation()], block_d, ("BLOCK_M", "BLOCK_N"))
+def attention_dkdv_configs(block_d: int, gen: str) -> list[triton.Config]:
+    return _configs(_ATTENTION_DKDV[gen], block_d, ("BLOCK_M", "BLOCK_N"))
 
 
-def attention_dq_configs(block_d: int, gen: str | None = None) -> list[triton.Config]:
-    return _configs(_ATTENTION_DQ[gen or generation()], block_d, ("BLOCK_M", "BLOCK_N"))
+def attention_dq_configs(block_d: int, gen: str) -> list[triton.Config]:
+    return _configs(_ATTENTION_DQ[gen], block_d, ("BLOCK_M", "BLOCK_N"))
 
 
-def gemm_configs(gen: str | None = None) -> list[triton.Config]:
-    return _configs({0: _GEMM[gen or generation()]}, 0, ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"))
+def gemm_configs(gen: str) -> list[triton.Config]:
+    return _configs({0: _GEMM[gen]}, 0, ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"))

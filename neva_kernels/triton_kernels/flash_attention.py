@@ -15,12 +15,10 @@ import triton
 import triton.language as tl
 
 from .. import backends
+from ..architecture import generation
+from ..reference import lse_shape
+from ._common import LN2_IN_KERNEL, LOG2E, dot_precision, dtype_refusal, unit_stride
 from .compute_bound_configs import attention_forward_configs, padded_head_dim
-
-LOG2E = 1.4426950408889634
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # float32: under the interpreter only
-# The GPU tiles (compute_bound_configs) are sized for 16-bit operands; float32 ones would overflow shared memory.
-FLOAT32_ON_GPU = "the triton kernels take float16/bfloat16 on a GPU (float32 runs under the interpreter)"
 
 
 # ---- helpers shared with the backward kernels ----------------------------------------------------------------
@@ -165,15 +163,15 @@ def _flash_forward_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, cu_q_ptr, cu_k_
     store_rows(out_ptr + b64 * stride_ob + q_start * stride_os + h * stride_oh
                + offs_m[:, None] * stride_os + offs_d[None, :], out.to(out_ptr.dtype.element_ty), offs_m, len_q,
                offs_d, HEAD_DIM, BLOCK_D)
-    lse = tl.where(l_i == 0.0, -float("inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)  # ln, not log2
+    lse = tl.where(l_i == 0.0, -float("inf"), (m_i + tl.math.log2(l_safe)) * LN2_IN_KERNEL)  # ln, not log2
     tl.store(lse_ptr + b64 * stride_lb + h * stride_lh + (q_start + offs_m) * stride_ls, lse, mask=offs_m < len_q)
 
 
 # ---- host side -------------------------------------------------------------------------------------------
 
 @functools.cache
-def _forward_kernel(block_d: int):
-    return triton.autotune(configs=attention_forward_configs(block_d),
+def _forward_kernel(block_d: int, gen: str):
+    return triton.autotune(configs=attention_forward_configs(block_d, gen),
                            key=["seq_bucket", "CAUSAL", "VARLEN", "HEAD_DIM"])(_flash_forward_kernel)
 
 
@@ -196,7 +194,8 @@ class Layout:
             self.max_q, self.max_k = self.seqlen_q, self.seqlen_k
             self.cu_q = self.cu_k = None
         self.block_d = padded_head_dim(self.head_dim)
-        self.dot_precision = "ieee" if q.dtype == torch.float32 else "tf32"
+        self.generation = generation(q.device)
+        self.dot_precision = dot_precision(q.dtype)
 
     def strides(self, t: torch.Tensor) -> tuple[int, int, int]:
         """(batch, row, head) strides of a [B, S, H, D] or packed [total, H, D] tensor (batch stride 0 if packed)."""
@@ -206,25 +205,16 @@ class Layout:
         """(batch, head, row) strides of lse [B, H, S] or packed [H, total]."""
         return (0, *lse.stride()) if self.varlen else lse.stride()
 
-    def lse_shape(self, q: torch.Tensor) -> tuple[int, ...]:
-        return (q.shape[1], q.shape[0]) if self.varlen else (q.shape[0], q.shape[2], q.shape[1])
-
     def seq_bucket(self) -> int:
         """The autotuning key of the lengths: powers of two, so ragged batches do not retune every call."""
         return triton.next_power_of_2(max(self.max_q, self.max_k, 1))
 
 
-def unit_stride(t: torch.Tensor) -> torch.Tensor:
-    """The kernels index the head dim with stride 1 (vector loads); other strides are passed through."""
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def supports(q, k, v, causal, softmax_scale, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
              max_seqlen_k=None) -> str | None:
-    if q.dtype not in SUPPORTED_DTYPES:
-        return f"the triton flash_attention kernels take float16, bfloat16 or float32, got {q.dtype}"
-    if q.is_cuda and q.dtype == torch.float32:
-        return FLOAT32_ON_GPU
+    refusal = dtype_refusal("flash_attention kernels", q.dtype, q.is_cuda)
+    if refusal is not None:
+        return refusal
     if q.shape[-1] > 256:
         return f"the triton flash_attention kernels take head_dim <= 256, got {q.shape[-1]}"
     return None
@@ -236,11 +226,11 @@ def flash_attention(q, k, v, causal, softmax_scale, cu_seqlens_q=None, cu_seqlen
     q, k, v = (unit_stride(t) for t in (q, k, v))
     layout = Layout(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    lse = torch.empty(layout.lse_shape(q), dtype=torch.float32, device=q.device)
+    lse = torch.empty(lse_shape(q, layout.varlen), dtype=torch.float32, device=q.device)
     if q.numel() == 0:
         return out, lse
     grid = (lambda meta: (layout.batch * layout.num_heads, triton.cdiv(layout.max_q, meta["BLOCK_M"])))
-    _forward_kernel(layout.block_d)[grid](
+    _forward_kernel(layout.block_d, layout.generation)[grid](
         q, k, v, out, lse, layout.cu_q, layout.cu_k,
         *layout.strides(q), *layout.strides(k), *layout.strides(v), *layout.strides(out), *layout.lse_strides(lse),
         layout.num_heads, layout.group, layout.seqlen_q, layout.seqlen_k, softmax_scale * LOG2E,

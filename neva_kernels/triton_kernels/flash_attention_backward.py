@@ -17,9 +17,10 @@ import triton
 import triton.language as tl
 
 from .. import backends
+from ._common import LOG2E, LOG2E_IN_KERNEL, unit_stride
 from .compute_bound_configs import attention_dkdv_configs, attention_dq_configs
-from .flash_attention import (LOG2E, Layout, key_ranges, load_rows, program_sequences, sequence_bounds, store_rows,
-                              supports, unit_stride, visible)
+from .flash_attention import (Layout, key_ranges, load_rows, program_sequences, sequence_bounds, store_rows, supports,
+                              visible)
 
 PREPROCESS_ROWS = 64
 
@@ -69,7 +70,7 @@ def _query_ranges(start_n, len_q, len_k, CAUSAL: tl.constexpr, BLOCK_M: tl.const
 def _row_stats(lse_base, delta_base, stride_ls, stride_ds, offs_m, len_q):
     """lse in log2 units (rows past the sequence: +inf, so P = 0; rows that saw no key: 0, their P is masked)."""
     lse = tl.load(lse_base + offs_m * stride_ls, mask=offs_m < len_q, other=float("inf"))
-    lse = tl.where(lse == -float("inf"), 0.0, lse) * 1.4426950408889634
+    lse = tl.where(lse == -float("inf"), 0.0, lse) * LOG2E_IN_KERNEL
     delta = tl.load(delta_base + offs_m * stride_ds, mask=offs_m < len_q, other=0.0)
     return lse, delta
 
@@ -198,13 +199,13 @@ AUTOTUNE_KEY = ["seq_bucket", "CAUSAL", "VARLEN", "HEAD_DIM"]
 
 
 @functools.cache
-def _dkdv_kernel_for(block_d: int):
-    return triton.autotune(configs=attention_dkdv_configs(block_d), key=AUTOTUNE_KEY)(_dkdv_kernel)
+def _dkdv_kernel_for(block_d: int, gen: str):
+    return triton.autotune(configs=attention_dkdv_configs(block_d, gen), key=AUTOTUNE_KEY)(_dkdv_kernel)
 
 
 @functools.cache
-def _dq_kernel_for(block_d: int):
-    return triton.autotune(configs=attention_dq_configs(block_d), key=AUTOTUNE_KEY)(_dq_kernel)
+def _dq_kernel_for(block_d: int, gen: str):
+    return triton.autotune(configs=attention_dq_configs(block_d, gen), key=AUTOTUNE_KEY)(_dq_kernel)
 
 
 @backends.register("flash_attention_backward", "triton",
@@ -231,9 +232,9 @@ def flash_attention_backward(grad_out, grad_lse, q, k, v, out, lse, causal, soft
         BLOCK_M=PREPROCESS_ROWS)
     kv_heads = layout.num_heads // layout.group
     key_tiles = (lambda meta: (layout.batch * kv_heads, triton.cdiv(layout.max_k, meta["BLOCK_N"])))
-    _dkdv_kernel_for(layout.block_d)[key_tiles](
+    _dkdv_kernel_for(layout.block_d, layout.generation)[key_tiles](
         q, k, v, grad_out, lse, delta, grad_k, grad_v, *common, *layout.strides(grad_k), *layout.strides(grad_v),
         kv_heads, *sizes, **flags)
-    _dq_kernel_for(layout.block_d)[lambda meta: (heads, triton.cdiv(layout.max_q, meta["BLOCK_M"]))](
+    _dq_kernel_for(layout.block_d, layout.generation)[lambda meta: (heads, triton.cdiv(layout.max_q, meta["BLOCK_M"]))](
         q, k, v, grad_out, lse, delta, grad_q, *common, *layout.strides(grad_q), layout.num_heads, *sizes, **flags)
     return grad_q, grad_k, grad_v

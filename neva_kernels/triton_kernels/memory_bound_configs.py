@@ -2,7 +2,8 @@
 
 The kernels are bandwidth-bound: a config only has to keep enough bytes in flight per SM (warps x tile) without
 spilling. Hopper (sm90) has more bandwidth per SM than Ampere (sm80), so it gets wider tiles / more warps where
-that keeps loads outstanding. CPU tensors (the Triton interpreter) use the sm80 table. These are starting
+that keeps loads outstanding. The generation comes from neva_kernels.architecture; CPU tensors (the Triton
+interpreter) use the sm80 table. These are starting
 points chosen from the shapes of the problem; none was timed on a GPU yet (benchmarks/memory_bound.py is where
 they get measured).
 """
@@ -14,8 +15,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
-SM80, SM90 = 80, 90
-ARCHS = (SM80, SM90)
+from ..architecture import CPU, SM80, SM90, generation
 
 # rms_norm and layer_norm keep a whole row in registers: rows wider than this are refused (LLaMA- and
 # Nemotron-family models use <= 8192).
@@ -45,12 +45,10 @@ class DecodeConfig:
     waves: int              # programs to aim for, in multiples of the SM count
 
 
-def arch_of(device: torch.device) -> int:
-    """SM90 for Hopper and newer, else SM80 (also for CPU tensors run by the interpreter)."""
-    if device.type != "cuda":
-        return SM80
-    major, _ = torch.cuda.get_device_capability(device)
-    return SM90 if major >= 9 else SM80
+def arch_of(device: torch.device) -> str:
+    """The launch table of `device`: its generation, the sm80 one for CPU tensors run by the interpreter."""
+    gen = generation(device)
+    return SM80 if gen == CPU else gen
 
 
 @functools.lru_cache(maxsize=None)
@@ -68,7 +66,7 @@ def row_norm_block(hidden: int) -> int:
     return max(triton.next_power_of_2(hidden), 256)
 
 
-def row_norm_launch(block: int, arch: int) -> Launch:
+def row_norm_launch(block: int, arch: str) -> Launch:
     """Warps per row: 16 elements per thread on sm80, 8 on sm90 (more warps keep more loads in flight)."""
     elements_per_thread = 16 if arch == SM80 else 8
     return Launch(num_warps=min(max(block // (32 * elements_per_thread), 1), 16))
@@ -98,7 +96,7 @@ def decode_head_dim_tile(head_dim: int) -> int:
     return max(triton.next_power_of_2(head_dim), 64)
 
 
-def decode_config(head_dim: int, arch: int) -> DecodeConfig:
+def decode_config(head_dim: int, arch: str) -> DecodeConfig:
     return _DECODE[(arch, decode_head_dim_tile(head_dim))]
 
 

@@ -7,16 +7,15 @@ partial output and log-sum-exp, and a second small kernel merges them.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
 from .. import backends
-from ..checks import expect
+from ..checks import starts_aligned
 from . import memory_bound_configs as configs
+from ._common import LOG2E, dot_precision, unit_stride
 
 OP = "paged_decode_attention"
 
@@ -105,7 +104,7 @@ def _merge_splits_kernel(partial_out_ptr, partial_lse_ptr, out_ptr, num_splits,
     tl.store(out_ptr + row * HEAD_DIM + dims, acc.to(out_ptr.dtype.element_ty), mask=dim_mask)
 
 
-def _supports(q: Tensor, k_cache: Tensor, *_) -> str | None:
+def _supports(q: Tensor, k_cache: Tensor, v_cache: Tensor, *_) -> str | None:
     head_dim, group = q.shape[-1], q.shape[1] // k_cache.shape[2]
     if head_dim > configs.DECODE_MAX_HEAD_DIM:
         return f"the triton paged decode handles head_dim <= {configs.DECODE_MAX_HEAD_DIM}, got {head_dim}"
@@ -114,6 +113,9 @@ def _supports(q: Tensor, k_cache: Tensor, *_) -> str | None:
     if head_dim * k_cache.element_size() % 16:
         return f"the triton paged decode reads 16-byte vectors: head_dim {head_dim} x {k_cache.element_size()} bytes " \
                "is not a multiple of 16"
+    for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if not starts_aligned(cache):
+            return f"the triton paged decode reads 16-byte vectors: '{name}' must start 16-byte aligned"
     return None
 
 
@@ -122,13 +124,10 @@ def paged_decode(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tens
     """The triton implementation; `num_splits` overrides the heuristic (tests force both paths with it)."""
     batch, q_heads, head_dim = q.shape
     _, block_size, kv_heads, _ = k_cache.shape
-    for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
-        expect(cache.data_ptr() % 16 == 0, OP, lambda: f"the triton kernel needs '{name}' to start 16-byte aligned")
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if batch == 0:
         return out
-    q = q if q.stride(-1) == 1 else q.contiguous()
-    block_tables = block_tables if block_tables.stride(-1) == 1 else block_tables.contiguous()
+    q, block_tables = unit_stride(q), unit_stride(block_tables)
     config = configs.decode_config(head_dim, configs.arch_of(q.device))
     max_context = block_tables.shape[1] * block_size  # known on the host: no device sync to read seq_lens
     if num_splits is None:
@@ -144,9 +143,9 @@ def paged_decode(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tens
     _paged_decode_kernel[(batch, kv_heads, num_splits)](
         q, k_cache, v_cache, block_tables, seq_lens, partial_out if split else out, partial_lse if split else out,
         q.stride(0), q.stride(1), block_tables.stride(0), kv_heads, block_size, q_heads // kv_heads,
-        tokens_per_split, softmax_scale * math.log2(math.e),
+        tokens_per_split, softmax_scale * LOG2E,
         HEAD_DIM=head_dim, HEAD_DIM_TILE=head_dim_tile, GROUP_TILE=GROUP_TILE, TILE_TOKENS=config.tile_tokens,
-        SPLIT=split, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        SPLIT=split, DOT_PRECISION=dot_precision(q.dtype),
         num_warps=config.num_warps, num_stages=config.num_stages)
     if split:
         _merge_splits_kernel[(batch * q_heads,)](

@@ -16,8 +16,9 @@ import triton
 import triton.language as tl
 
 from .. import backends, reference
-from .compute_bound_configs import gemm_configs, generation
-from .flash_attention import FLOAT32_ON_GPU, SUPPORTED_DTYPES, unit_stride
+from ..architecture import SM90, generation
+from ._common import dot_precision, dtype_refusal, unit_stride
+from .compute_bound_configs import gemm_configs
 
 try:  # host-built TMA descriptors: triton >= 3.4 (the GPU machine's 3.6 has them)
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -85,9 +86,9 @@ def _tile_shapes_of_the_config(nargs: dict) -> None:
 
 
 @functools.cache
-def _autotuned_linear():
+def _autotuned_linear(gen: str):
     tuned = [triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages,
-                           pre_hook=_tile_shapes_of_the_config) for c in gemm_configs()]
+                           pre_hook=_tile_shapes_of_the_config) for c in gemm_configs(gen)]
     return triton.autotune(configs=tuned, key=["m_bucket", "N", "K", "HAS_BIAS", "GELU", "SCATTER", "TMA"])(
         _linear_kernel)
 
@@ -95,7 +96,7 @@ def _autotuned_linear():
 def use_tma(*operands: torch.Tensor) -> bool:
     """Bulk tensor copies on sm90, where this Triton has host tensor descriptors and the operands meet their rules
     (16-byte aligned base and row stride)."""
-    return TensorDescriptor is not None and generation() == "sm90" and all(
+    return TensorDescriptor is not None and generation(operands[0].device) == SM90 and all(
         t.data_ptr() % 16 == 0 and t.stride(0) * t.element_size() % 16 == 0 for t in operands)
 
 
@@ -109,18 +110,13 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, out: tor
     else:
         x_arg, w_arg = x, w
     grid = (lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),))
-    _autotuned_linear()[grid](x_arg, w_arg, bias, out, rows, m, n, k, x.stride(0), w.stride(0), out.stride(0),
-                              triton.next_power_of_2(m), HAS_BIAS=bias is not None, GELU=gelu,
-                              SCATTER=rows is not None, TMA=tma,
-                              DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32")
+    _autotuned_linear(generation(x.device))[grid](
+        x_arg, w_arg, bias, out, rows, m, n, k, x.stride(0), w.stride(0), out.stride(0), triton.next_power_of_2(m),
+        HAS_BIAS=bias is not None, GELU=gelu, SCATTER=rows is not None, TMA=tma, DOT_PRECISION=dot_precision(x.dtype))
 
 
 def supports(image_features, w1, b1, w2, b2, inputs_embeds, image_token_mask) -> str | None:
-    if image_features.dtype not in SUPPORTED_DTYPES:
-        return f"the triton project_image_tokens kernels take float16, bfloat16 or float32, got {image_features.dtype}"
-    if image_features.is_cuda and image_features.dtype == torch.float32:
-        return FLOAT32_ON_GPU
-    return None
+    return dtype_refusal("project_image_tokens kernels", image_features.dtype, image_features.is_cuda)
 
 
 @backends.register("project_image_tokens", "triton", supports=supports)

@@ -8,6 +8,7 @@ from torch import Tensor
 
 from .. import backends
 from . import memory_bound_configs as configs
+from ._common import unit_stride
 
 
 @triton.jit
@@ -56,8 +57,7 @@ def _rotary_kernel(q_ptr, k_ptr, positions_ptr, cos_sin_ptr, q_out_ptr, k_out_pt
 
 def _tokens(x: Tensor) -> Tensor:
     """x [..., H, D] as [tokens, H, D] with unit stride along D (a copy only when it cannot be a view)."""
-    flat = x.reshape(-1, *x.shape[-2:])
-    return flat if flat.stride(-1) == 1 else flat.contiguous()
+    return unit_stride(x.reshape(-1, *x.shape[-2:]))
 
 
 @backends.register("rotary_embedding", "triton")
@@ -68,7 +68,7 @@ def rotary_embedding(q: Tensor, k: Tensor, positions: Tensor, cos_sin_cache: Ten
     q_rows, k_rows, positions = _tokens(q), _tokens(k), positions.reshape(-1).contiguous()
     if positions.numel() == 0:
         return q_out, k_out
-    cos_sin_cache = cos_sin_cache if cos_sin_cache.stride(-1) == 1 else cos_sin_cache.contiguous()
+    cos_sin_cache = unit_stride(cos_sin_cache)
     q_heads, k_heads = q_rows.shape[1], k_rows.shape[1]
     launch = configs.per_token_launch((q_heads + k_heads) * head_dim)
     _rotary_kernel[(positions.numel(),)](

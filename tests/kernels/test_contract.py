@@ -1,5 +1,5 @@
 """The op contract: custom ops pass opcheck, compile without graph breaks, differentiate, and pick backends."""
-import math
+import re
 
 import pytest
 import torch
@@ -170,11 +170,15 @@ def test_requesting_an_unable_backend_raises_with_the_reason():
         nk.rms_norm(i["x"], i["weight"], backend="cuda")
 
 
-def test_float64_is_refused_by_the_kernel_backends():
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_float64_is_refused_by_the_kernel_backends(backend):
+    if backend in backends._backend_missing:
+        pytest.skip(f"the {backend} backend is missing here: {backends._backend_missing[backend]}")
     x = torch.randn(2, 8, dtype=torch.float64)
-    for backend in ("cuda", "triton"):
-        assert "float64" in backends.why_unable("rms_norm", backend, torch.device("cuda"), (x, x[0], 1e-6)) or \
-            backends.why_unable("rms_norm", backend, torch.device("cuda"), (x, x[0], 1e-6)) is not None
+    reason = f"the {backend} backend has no float64 kernels (the torch backend has)"
+    assert backends.why_unable("rms_norm", backend, torch.device("cuda"), (x, x[0], 1e-6)) == reason
+    with pytest.raises(nk.BackendUnavailableError, match=re.escape(reason)):
+        nk.rms_norm(x, x[0], backend=backend)
 
 
 def test_unknown_backend_name_is_an_error():
@@ -206,18 +210,40 @@ def test_environment_variable_is_parsed(monkeypatch, restore_backend_settings):
 
 
 def test_value_checks_can_be_switched_off():
+    """A block index of -1 is caught while checks are on; off, it reaches the torch backend unchecked, whose
+    indexing wraps it to the last block."""
     i = small_inputs()
-    bad_tables = i["block_tables"].clone()
-    bad_tables[0, 0] = 99
-    with pytest.raises(nk.NevaValueError):
-        nk.paged_decode_attention(i["decode_q"], i["k_cache"], i["v_cache"], bad_tables, i["seq_lens"])
+    bad_tables, last_block = i["block_tables"].clone(), i["block_tables"].clone()
+    bad_tables[0, 0], last_block[0, 0] = -1, i["k_cache"].shape[0] - 1
+
+    def decode(tables):
+        return nk.paged_decode_attention(i["decode_q"], i["k_cache"], i["v_cache"], tables, i["seq_lens"],
+                                         backend="torch")
+
+    message = r"'block_tables \(blocks in use\)' values must lie in \[0, 5\), got values in \[-1, 4\]"
+    with pytest.raises(nk.NevaValueError, match=message):
+        decode(bad_tables)
+    with nk.value_checks(False):
+        torch.testing.assert_close(decode(bad_tables), decode(last_block), rtol=0, atol=0)
+    with pytest.raises(nk.NevaValueError, match=message):  # the block restored the setting
+        decode(bad_tables)
     nk.set_value_checks(False)
     try:
-        assert nk.checks.value_checks_enabled(i["decode_q"]) is False
+        torch.testing.assert_close(decode(bad_tables), decode(last_block), rtol=0, atol=0)
     finally:
         nk.set_value_checks(True)
-    assert math.isfinite(float(nk.paged_decode_attention(i["decode_q"], i["k_cache"], i["v_cache"],
-                                                         i["block_tables"], i["seq_lens"]).sum()))
+    with pytest.raises(nk.NevaValueError, match=message):
+        decode(bad_tables)
+
+
+def test_use_backend_restores_the_previous_setting(restore_backend_settings):
+    i = small_inputs()
+    nk.set_backend("triton", op="rms_norm")
+    with nk.use_backend("cuda"), nk.use_backend("torch", op="rms_norm"):
+        assert backends.choose("rms_norm", i["x"].device, (i["x"], i["weight"], 1e-6)) == "torch"
+        with pytest.raises(nk.BackendUnavailableError, match="backend 'cuda' was requested"):
+            nk.flash_attention(i["q"], i["k"], i["v"])
+    assert backends._global_choice is None and backends._per_op_choice == {"rms_norm": "triton"}
 
 
 def test_cuda_kernels_are_automatic_only_where_measured(monkeypatch):

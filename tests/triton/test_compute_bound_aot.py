@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import triton
 
+from neva_kernels.architecture import GPU_GENERATIONS, capability_number
 from neva_kernels.triton_kernels import compute_bound_configs as configs
 from tests.aot import compile_reports
 
@@ -29,7 +30,7 @@ def spec(kernel: str, arg_names, operands: dict, constexprs: dict, aligned: tupl
     signature = {name: (types[name] if name in types else "constexpr" if name in constexprs
                         else SCALARS.get(name, "i32")) for name in arg_names}
     pointers = [name for name, t in types.items() if t.startswith("*")]
-    return {"kernel": f"{MODULE}.{kernel}", "signature": signature, "capability": configs.capability(gen),
+    return {"kernel": f"{MODULE}.{kernel}", "signature": signature, "capability": capability_number(gen),
             "constexprs": constexprs, "num_warps": config.num_warps,
             "num_stages": config.num_stages, "divisible_by_16": pointers + list(aligned)}
 
@@ -87,7 +88,7 @@ def all_specs(gen: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def reports():
-    specs = [all_specs(gen) for gen in configs.GENERATIONS]
+    specs = [all_specs(gen) for gen in GPU_GENERATIONS]
     with ThreadPoolExecutor(len(specs)) as pool:  # one process per architecture, side by side
         results = list(pool.map(compile_reports, specs))
     return [(s, r) for spec_list, result in zip(specs, results) for s, r in zip(spec_list, result)]
@@ -101,7 +102,7 @@ def describe(spec: dict) -> str:
 
 
 def test_every_configuration_compiles_without_spills(reports):
-    assert len(reports) == sum(len(all_specs(gen)) for gen in configs.GENERATIONS)
+    assert len(reports) == sum(len(all_specs(gen)) for gen in GPU_GENERATIONS)
     spilling = [f"{describe(s)}: {r['spill_store_bytes']} B stored, {r['spill_load_bytes']} B loaded"
                 for s, r in reports if r["spill_store_bytes"] or r["spill_load_bytes"]]
     assert not spilling, "register spills:\n" + "\n".join(spilling)

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from neva_kernels.architecture import GPU_GENERATIONS, capability_number
 from neva_kernels.triton_kernels import memory_bound_configs as configs
 from neva_kernels.triton_kernels.paged_decode_attention import GROUP_TILE
 from tests.aot import compile_reports
@@ -22,8 +23,8 @@ ROTARY_SHAPES = ((32, 32, 128, 128), (32, 8, 128, 64), (16, 2, 80, 80))  # (q he
 def spec(kernel, arch, pointers, scalars, constexprs, num_warps, num_stages=1):
     """pointers: name -> element type; scalars: name -> i32/fp32; constexprs: name -> value."""
     signature = {name: f"*{t}" for name, t in pointers.items()} | scalars | {name: "constexpr" for name in constexprs}
-    return {"kernel": f"{MODULE}.{kernel}", "signature": signature, "constexprs": constexprs, "capability": arch,
-            "num_warps": num_warps, "num_stages": num_stages}
+    return {"kernel": f"{MODULE}.{kernel}", "signature": signature, "constexprs": constexprs,
+            "capability": capability_number(arch), "num_warps": num_warps, "num_stages": num_stages}
 
 
 def row_norm_blocks(max_hidden):
@@ -108,7 +109,7 @@ def all_specs(arch):
 
 @pytest.fixture(scope="module")
 def reports():
-    specs = [all_specs(arch) for arch in configs.ARCHS]
+    specs = [all_specs(arch) for arch in GPU_GENERATIONS]
     with ThreadPoolExecutor(len(specs)) as pool:
         results = list(pool.map(compile_reports, specs))
     return [(s, r) for spec_list, result in zip(specs, results) for s, r in zip(spec_list, result)]
@@ -120,7 +121,7 @@ def describe(spec):
 
 
 def test_every_configuration_compiles_without_spills(reports):
-    assert len(reports) == sum(len(all_specs(arch)) for arch in configs.ARCHS)
+    assert len(reports) == sum(len(all_specs(arch)) for arch in GPU_GENERATIONS)
     spilling = [f"{describe(s)}: {r['spill_store_bytes']} B stored, {r['spill_load_bytes']} B loaded"
                 for s, r in reports if r["spill_store_bytes"] or r["spill_load_bytes"]]
     assert not spilling, "register spills:\n" + "\n".join(spilling)

@@ -5,6 +5,7 @@ input dtype over the gathered pages of each sequence. One batch mixes context le
 of neither block size), 0 and 45, so every call has partial tiles, partial pages and an empty sequence.
 """
 import math
+import re
 
 import pytest
 import torch
@@ -115,6 +116,25 @@ def test_calls_outside_the_kernel_are_refused_with_the_reason():
     assert "head_dim" in reason(2, 2, 288)
     assert "query heads per KV head" in reason(32, 1, 64)
     assert "16-byte" in reason(2, 2, 36)  # 72 bytes per fp16 row
+
+
+def test_a_misaligned_cache_is_unavailable_not_an_error_of_the_kernel(monkeypatch):
+    """A cache starting off a 16-byte boundary is a reason of the support check: backend="triton" is
+    BackendUnavailableError, and the automatic choice moves on to the next backend."""
+    q, k_cache, v_cache, tables, seq_lens = make_problem([20, 3], 4, 2, 64, 16, torch.float32)
+    flat = torch.empty(k_cache.numel() + 1, dtype=k_cache.dtype, device=k_cache.device)
+    shifted = flat[1:].view(k_cache.shape).copy_(k_cache)
+    reason = "the triton paged decode reads 16-byte vectors: 'k_cache' must start 16-byte aligned"
+    with pytest.raises(nk.BackendUnavailableError, match=re.escape(reason)):
+        nk.paged_decode_attention(q, shifted, v_cache, tables, seq_lens, 0.125, backend="triton")
+    # The automatic order as on a GPU without cuda measurements: triton, then torch.
+    monkeypatch.setattr(backends, "_preference", lambda op, device: ("triton", "torch"))
+    monkeypatch.setattr(backends, "_candidates", {})  # the choices cached under the real order
+    aligned, misaligned = ((q, cache, v_cache, tables, seq_lens, 0.125) for cache in (k_cache, shifted))
+    assert backends.choose("paged_decode_attention", q.device, aligned) == "triton"
+    assert backends.choose("paged_decode_attention", q.device, misaligned) == "torch"
+    torch.testing.assert_close(nk.paged_decode_attention(*misaligned),
+                               nk.paged_decode_attention(*aligned, backend="torch"), rtol=0, atol=0)
 
 
 # ---- on a GPU: bfloat16 and serving sizes ------------------------------------------------------------
