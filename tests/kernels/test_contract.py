@@ -220,7 +220,7 @@ def test_value_checks_can_be_switched_off():
         return nk.paged_decode_attention(i["decode_q"], i["k_cache"], i["v_cache"], tables, i["seq_lens"],
                                          backend="torch")
 
-    message = r"'block_tables \(blocks in use\)' values must lie in \[0, 5\), got values in \[-1, 4\]"
+    message = r"'block_tables \(blocks in use\)' values must lie in \[0, 5\), got values in \[-1, "
     with pytest.raises(nk.NevaValueError, match=message):
         decode(bad_tables)
     with nk.value_checks(False):
