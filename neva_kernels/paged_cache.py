@@ -6,21 +6,20 @@ A sequence's token t lives in block ``blocks[t // block_size]`` at offset ``t % 
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Sequence
 
 import torch
 
-from .errors import NevaValueError, OutOfBlocksError
+from .errors import NevaTypeError, NevaValueError, OutOfBlocksError, expect_int
 
 
 class BlockAllocator:
     """Hands out cache blocks to sequences. Every failing call raises and leaves the allocator unchanged."""
 
     def __init__(self, num_blocks: int, block_size: int):
-        if num_blocks < 1 or block_size < 1:
-            raise NevaValueError(f"BlockAllocator: 'num_blocks' and 'block_size' must be >= 1, "
-                                 f"got {num_blocks} and {block_size}")
-        self.num_blocks, self.block_size = num_blocks, block_size
+        self.num_blocks = expect_int("BlockAllocator", "num_blocks", num_blocks, minimum=1)
+        self.block_size = expect_int("BlockAllocator", "block_size", block_size, minimum=1)
         self._free = list(range(num_blocks - 1, -1, -1))  # a stack: the lowest free id is handed out first
         self._blocks: dict[Hashable, list[int]] = {}
         self._lengths: dict[Hashable, int] = {}
@@ -30,7 +29,7 @@ class BlockAllocator:
         return len(self._free)
 
     def blocks_for(self, num_tokens: int) -> int:
-        return -(-num_tokens // self.block_size)
+        return -(-expect_int("BlockAllocator", "num_tokens", num_tokens, minimum=0) // self.block_size)
 
     def __contains__(self, seq_id: Hashable) -> bool:
         return seq_id in self._blocks
@@ -48,19 +47,19 @@ class BlockAllocator:
 
     def allocate(self, seq_id: Hashable, num_tokens: int) -> list[int]:
         """Start sequence `seq_id` with room for `num_tokens` tokens; returns their slots."""
+        expect_int("BlockAllocator", "num_tokens", num_tokens, minimum=0)
         if seq_id in self._blocks:
             raise NevaValueError(f"BlockAllocator: sequence {seq_id!r} is already allocated")
         self._blocks[seq_id], self._lengths[seq_id] = [], 0
         try:
             return self.extend(seq_id, num_tokens)
-        except OutOfBlocksError:
-            del self._blocks[seq_id], self._lengths[seq_id]
+        except BaseException:  # whatever failed (a bad count, no blocks, an unhashable id), register nothing
+            self._blocks.pop(seq_id, None), self._lengths.pop(seq_id, None)
             raise
 
     def extend(self, seq_id: Hashable, num_new_tokens: int) -> list[int]:
         """Grow sequence `seq_id` by `num_new_tokens` tokens; returns the slots of the new tokens."""
-        if num_new_tokens < 0:
-            raise NevaValueError(f"BlockAllocator: 'num_new_tokens' must be >= 0, got {num_new_tokens}")
+        expect_int("BlockAllocator", "num_new_tokens", num_new_tokens, minimum=0)
         old = self.length(seq_id)
         new = old + num_new_tokens
         needed = self.blocks_for(new) - len(self._blocks[seq_id])
@@ -106,10 +105,20 @@ class PagedKVCache:
 
     def __init__(self, num_layers: int, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int,
                  dtype: torch.dtype = torch.float16, device=None):
+        sizes = dict(num_layers=num_layers, num_blocks=num_blocks, block_size=block_size, num_kv_heads=num_kv_heads,
+                     head_dim=head_dim)
+        shape = tuple(expect_int("PagedKVCache", name, value, minimum=1) for name, value in sizes.items())
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise NevaTypeError(f"PagedKVCache: 'dtype' must be a floating-point torch.dtype, got {dtype!r}")
         self.allocator = BlockAllocator(num_blocks, block_size)
-        shape = (num_layers, num_blocks, block_size, num_kv_heads, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        try:
+            self.k = torch.zeros(shape, dtype=dtype, device=device)
+            self.v = torch.zeros(shape, dtype=dtype, device=device)
+        except (RuntimeError, MemoryError) as error:  # torch's CPU and CUDA allocators raise RuntimeError subtypes
+            gib = 2 * math.prod(shape) * dtype.itemsize / 2**30
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise NevaValueError(f"PagedKVCache: cannot allocate K and V pages of shape {list(shape)} {dtype} "
+                                 f"({gib:.3g} GiB) on {device or 'cpu'}: {reason}") from error
         self._layers = [(self.k[i], self.v[i]) for i in range(num_layers)]  # made once, not per layer per step
 
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:

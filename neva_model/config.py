@@ -7,10 +7,11 @@ text_config names little more than its vocabulary size).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from neva_kernels import NevaValueError
+from neva_kernels import NevaTypeError, NevaValueError
+from neva_kernels.errors import expect_finite, expect_int
 
 
 class NevaConfigError(NevaValueError):
@@ -28,6 +29,11 @@ class VisionConfig:
     patch_size: int = 14
     num_channels: int = 3
     layer_norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        _check_fields(self, "vision_config", _VISION_KEYS)
+        _expect(self.patch_size <= self.image_size,
+                f"vision_config: patch_size ({self.patch_size}) must be at most image_size ({self.image_size})")
 
     @property
     def num_patches(self) -> int:
@@ -69,6 +75,12 @@ class TextConfig:
     eos_token_id: int | tuple[int, ...] | None = 2
 
     def __post_init__(self):
+        _check_fields(self, "text_config", _TEXT_KEYS)
+        eos = (self.eos_token_id,) if isinstance(self.eos_token_id, int) else self.eos_token_id or ()
+        _expect(isinstance(eos, tuple) and all(isinstance(t, int) and not isinstance(t, bool) and
+                                               0 <= t < self.vocab_size for t in eos),
+                f"text_config: eos_token_id must be token ids in [0, vocab_size={self.vocab_size}), got "
+                f"{self.eos_token_id!r}")
         if self.head_dim is None:  # one spelling per configuration, so that equal configs compare equal
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
         _expect(self.family in FAMILIES, f"text family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
@@ -101,7 +113,10 @@ class NevaConfig:
     tie_word_embeddings: bool = False
 
     def __post_init__(self):
+        _check_fields(self, "config", {})
         layers = self.feature_layers
+        _expect(all(isinstance(i, int) and not isinstance(i, bool) for i in layers),
+                f"vision_feature_layer must be an int or a list of ints, got {self.vision_feature_layer!r}")
         bad = [i for i in layers if not -(self.vision.num_layers + 1) <= i <= self.vision.num_layers]
         _expect(layers and not bad, f"vision_feature_layer {self.vision_feature_layer!r} must index the "
                                     f"{self.vision.num_layers + 1} hidden states of the vision tower")
@@ -136,10 +151,34 @@ def _expect(condition, message: str) -> None:
         raise NevaConfigError(message)
 
 
+# Fields that config.json names differently (the others have the same name there).
+_VISION_KEYS = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads"}
+_TEXT_KEYS = {**_VISION_KEYS, "num_kv_heads": "num_key_value_heads"}
+
+
+def _check_fields(config, section: str, keys: dict[str, str]) -> None:
+    """Sizes are ints >= 1 (image_token_index >= 0), eps / theta / scaling factors finite and > 0, flags bools,
+    each named as config.json names it: a 0 or "32" that passed here would fail later as a ZeroDivisionError or
+    a shape error far from its cause."""
+    for f in fields(config):
+        value, name = getattr(config, f.name), keys.get(f.name, f.name)
+        try:
+            if f.type in ("int", "int | None") and not (value is None and f.type == "int | None"):
+                expect_int(section, name, value, minimum=0 if f.name == "image_token_index" else 1)
+            elif f.type == "float":
+                expect_finite(section, name, value, minimum=0.0, above_minimum=True)
+            elif f.type == "bool" and not isinstance(value, bool):
+                raise NevaTypeError(f"{section}: '{name}' must be true or false, got {value!r}")
+        except (NevaTypeError, NevaValueError) as error:
+            raise NevaConfigError(str(error)) from None
+
+
 _LLAVA_VISION = VisionConfig()
 PRESETS: dict[str, NevaConfig] = {
     "tiny": NevaConfig(
-        vision=VisionConfig(hidden_size=64, intermediate_size=128, num_layers=3, num_heads=4, image_size=56),
+        # 256 x 256 images (the README's example) in 8 x 8 patches of 32 pixels: 64 image tokens.
+        vision=VisionConfig(hidden_size=64, intermediate_size=128, num_layers=3, num_heads=4, image_size=256,
+                            patch_size=32),
         text=TextConfig(vocab_size=512, hidden_size=64, intermediate_size=160, num_layers=2, num_heads=4,
                         num_kv_heads=2, max_position_embeddings=1024),
         image_token_index=511),
@@ -177,32 +216,56 @@ PRESETS.update(NEVA_PRESETS)
 
 # ---- llava-hf config.json ------------------------------------------------------------------------------------
 
+def read_json_object(path: Path, error: type[Exception] = NevaConfigError) -> dict:
+    """The JSON object stored in `path`; unreadable, not JSON or not an object is an `error` naming the file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as cause:  # ValueError: bad JSON, bad UTF-8, a 5000-digit int
+        raise error(f"cannot read {path}: {cause}") from cause
+    if not isinstance(data, dict):
+        raise error(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _object(parent: dict, key: str, where: str = "") -> dict:
+    """parent[key] as a dict ({} when absent or null)."""
+    value = parent.get(key)
+    _expect(value is None or isinstance(value, dict),
+            f"{where}{key} must be an object, got {type(value).__name__}")
+    return value or {}
+
+
 def _rope(text: dict, partial_rotary_factor: float = 1.0) -> dict:
     """rope_theta, rope_scaling_factor (linear) and partial_rotary_factor, from transformers 5's rope_parameters or
     4's rope_theta / rope_scaling / partial_rotary_factor keys."""
-    params = dict(text.get("rope_parameters") or {})
-    scaling = text.get("rope_scaling") or {}
+    params = _object(text, "rope_parameters", "text_config.")
+    scaling = _object(text, "rope_scaling", "text_config.")
     theta = params.get("rope_theta", text.get("rope_theta", 10000.0))
     kind = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
     factor = params.get("factor", scaling.get("factor", 1.0))
     if kind not in ("default", "linear"):
         raise NevaConfigError(f"RoPE scaling {kind!r} is not supported (supported: none/'default' and 'linear')")
     partial = params.get("partial_rotary_factor", text.get("partial_rotary_factor", partial_rotary_factor))
-    return dict(rope_theta=float(theta), rope_scaling_factor=float(factor) if kind == "linear" else 1.0,
-                partial_rotary_factor=float(partial))
+    # TextConfig checks these and makes them floats (float() here would take "1e4" and raise on [1]).
+    return dict(rope_theta=theta, rope_scaling_factor=factor if kind == "linear" else 1.0,
+                partial_rotary_factor=partial)
 
 
-def _vision(vision: dict | None) -> VisionConfig:
-    if vision is None:  # LlavaConfig's own default vision tower
+def _renamed(fields_of: type, keys: dict[str, str], section: dict) -> dict:
+    """Our field -> section's value, for the fields of `fields_of` that the config.json section sets."""
+    names = {f.name: keys.get(f.name, f.name) for f in fields(fields_of)}
+    return {ours: section[theirs] for ours, theirs in names.items() if theirs in section}
+
+
+def _vision(hf: dict) -> VisionConfig:
+    if hf.get("vision_config") is None:  # LlavaConfig's own default vision tower
         return _LLAVA_VISION
+    vision = _object(hf, "vision_config")
     act = vision.get("hidden_act", "quick_gelu")
     _expect(act == "quick_gelu", f"vision hidden_act {act!r} is not supported (CLIP's 'quick_gelu' is)")
     clip = VisionConfig(hidden_size=768, intermediate_size=3072, num_layers=12, num_heads=12, image_size=224,
                         patch_size=32)  # CLIPVisionConfig's defaults
-    return replace(clip, **{ours: vision[theirs] for ours, theirs in (
-        ("hidden_size", "hidden_size"), ("intermediate_size", "intermediate_size"), ("num_layers", "num_hidden_layers"),
-        ("num_heads", "num_attention_heads"), ("image_size", "image_size"), ("patch_size", "patch_size"),
-        ("num_channels", "num_channels"), ("layer_norm_eps", "layer_norm_eps")) if theirs in vision})
+    return replace(clip, **_renamed(VisionConfig, _VISION_KEYS, vision))
 
 
 # transformers' defaults of the keys a text_config may leave out, per model_type (LlamaConfig, NemotronConfig);
@@ -238,22 +301,28 @@ def _text(text: dict) -> TextConfig:
 
 
 def from_hf_config(path_or_dict: str | Path | dict) -> NevaConfig:
-    """A NevaConfig from a llava-hf config.json: its path, the directory holding it, or its parsed dict."""
+    """A NevaConfig from a llava-hf config.json: its path, the directory holding it, or its parsed dict.
+    Anything missing, malformed or unsupported is a NevaConfigError (naming the file when given one)."""
     if isinstance(path_or_dict, dict):
-        hf = path_or_dict
-    else:
-        path = Path(path_or_dict)
-        path = path / "config.json" if path.is_dir() else path
-        if not path.is_file():
-            raise NevaConfigError(f"no config.json at {path}")
-        hf = json.loads(path.read_text())
+        return _from_hf_dict(path_or_dict)
+    path = Path(path_or_dict)
+    path = path / "config.json" if path.is_dir() else path
+    if not path.is_file():
+        raise NevaConfigError(f"no config.json at {path}")
+    try:
+        return _from_hf_dict(read_json_object(path))
+    except NevaConfigError as error:
+        raise NevaConfigError(error.args[0] if str(path) in error.args[0] else f"{path}: {error}") from None
+
+
+def _from_hf_dict(hf: dict) -> NevaConfig:
     _expect(hf.get("model_type", "llava") == "llava", f"model_type {hf.get('model_type')!r} is not 'llava'")
     act = hf.get("projector_hidden_act", "gelu")
     _expect(act == "gelu", f"projector_hidden_act {act!r} is not supported (LLaVA's 'gelu' is)")
-    text = hf.get("text_config") or {}
+    text = _object(hf, "text_config")
     layer = hf.get("vision_feature_layer", -2)
     return NevaConfig(
-        vision=_vision(hf.get("vision_config")), text=_text(text),
+        vision=_vision(hf), text=_text(text),
         image_token_index=hf.get("image_token_index", hf.get("image_token_id", 32000)),
         vision_feature_layer=tuple(layer) if isinstance(layer, list) else layer,
         vision_feature_select_strategy=hf.get("vision_feature_select_strategy", "default"),

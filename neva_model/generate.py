@@ -31,6 +31,7 @@ from .decoder import AttentionBatch
 from .model import Neva, packed_prefill_batch
 from .sampling import SamplingParams, sample
 from .text_stream import TextStream
+from .vision import check_pixel_values
 
 
 class QueueFullError(NevaError, RuntimeError):
@@ -198,6 +199,8 @@ class Engine:
             raise NevaValueError(f"Engine: a request's token ids must be in [0, {vocab}) or the image token "
                                  f"{config.image_token_index}, got {bad}")
         image_tokens = ids.count(config.image_token_index)
+        if request.images is not None:
+            check_pixel_values(config.vision, request.images, "Engine", "request.images")
         images = 0 if request.images is None else request.images.shape[0]
         if image_tokens != images * config.image_tokens_per_image:
             raise NevaValueError(f"Engine: a request has {image_tokens} image tokens for {images} image(s) of "

@@ -3,23 +3,34 @@
 The steps are those of Hugging Face's CLIP image processor on its PIL path (the one LLaVA and NeVA were trained
 with): convert to RGB (transparency composited onto white), resize the shortest side to `image_size` with PIL's
 bicubic filter, center crop `image_size` x `image_size`, scale to [0, 1], normalize with CLIP's mean and std.
+An image whose resized copy would exceed 32 crops (aspect ratios past 32:1) has only the region the crop keeps
+resized, so a 1 x 1,000,000 image costs what a square one does; below that, the whole image is resized as Hugging
+Face does, bit for bit.
+
+Files are opened as raster formats only (RASTER_FORMATS): PIL would otherwise pick a decoder from the content,
+and a PostScript file named .png would reach Ghostscript. Samples wider than 8 bits (16-bit and 32-bit integer,
+float) are rescaled to 8 bits, which PIL's own conversion would clip (a 16-bit photo white, a float one black).
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from neva_kernels.errors import NevaError, NevaTypeError, NevaValueError
 
+from .config import NevaConfigError, read_json_object
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+RASTER_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 
 ImageInput = str | os.PathLike | Image.Image | torch.Tensor
 
@@ -59,6 +70,18 @@ def preprocess_images(
     return scaled.sub_(mean_t.view(1, 3, 1, 1)).div_(std_t.view(1, 3, 1, 1)).contiguous()
 
 
+def checkpoint_image_stats(model_dir: str | os.PathLike) -> tuple[Sequence[float], Sequence[float]]:
+    """Mean and std from the checkpoint's preprocessor_config.json when it has one, else CLIP's."""
+    path = Path(model_dir) / "preprocessor_config.json"
+    config = read_json_object(path) if path.is_file() else {}
+    mean, std = config.get("image_mean", CLIP_MEAN), config.get("image_std", CLIP_STD)
+    try:
+        _channel_stats(mean, "image_mean", positive=False), _channel_stats(std, "image_std", positive=True)
+    except NevaError as error:
+        raise NevaConfigError(f"{path}: {error}") from None
+    return mean, std
+
+
 def _check_image_size(image_size) -> None:
     if isinstance(image_size, bool) or not isinstance(image_size, int):
         raise NevaTypeError(f"image_size must be an int, got {type(image_size).__name__}")
@@ -95,30 +118,52 @@ def _rgb_images_of(item, name: str) -> list[Image.Image]:
     if isinstance(item, (str, os.PathLike)):
         return [_open_image_file(item)]
     if isinstance(item, Image.Image):
-        return [_to_rgb(item)]
+        return [_to_rgb(item, name)]
     if isinstance(item, torch.Tensor):
         return _tensor_to_images(item, name)
     raise NevaTypeError(f"{name} must be a path, a PIL image or a torch.Tensor, got {type(item).__name__}")
 
 
 def _open_image_file(path) -> Image.Image:
+    name = repr(os.fspath(path))
     try:
-        with Image.open(path) as image:
-            image.load()  # PIL decodes lazily: force it here so corrupt data fails inside this try
-            return _to_rgb(image)
+        with warnings.catch_warnings():
+            # Past MAX_IMAGE_PIXELS PIL only warns (an error past twice that): refuse there, before decoding.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path, formats=RASTER_FORMATS) as image:
+                image.load()  # PIL decodes lazily: force it here so corrupt data fails inside this try
+                return _to_rgb(image, f"image file {name}")
     except FileNotFoundError as error:
-        raise NevaImageError(f"image file {os.fspath(path)!r} does not exist") from error
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise NevaImageError(f"cannot read image file {os.fspath(path)!r}: {error}") from error
+        raise NevaImageError(f"image file {name} does not exist") from error
+    except UnidentifiedImageError as error:
+        raise NevaImageError(f"image file {name} is not a {', '.join(RASTER_FORMATS[:-1])} or "
+                             f"{RASTER_FORMATS[-1]} image") from error
+    except NevaValueError as error:  # samples out of range: the message names the file already
+        raise NevaImageError(str(error)) from error
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise NevaImageError(f"cannot read image file {name}: {error}") from error
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def _to_rgb(image: Image.Image, name: str) -> Image.Image:
     """RGB with any transparency composited onto white (what transformers' convert_to_rgb does)."""
+    image = _to_8_bits(image, name)
     if "A" in image.getbands() or "transparency" in image.info:
         white = Image.new("RGBA", image.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
     return image.convert("RGB")
 
+
+def _to_8_bits(image: Image.Image, name: str) -> Image.Image:
+    """Grayscale of 16 or 32-bit integers or of floats as 8-bit "L": integers as 16-bit samples (0..65535, what
+    PNG and TIFF store in these modes), floats as [0, 1]; values outside those ranges are refused."""
+    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
+        return image
+    values = np.asarray(image).astype(np.float64)
+    top = 1.0 if image.mode == "F" else 65535.0
+    if values.size and not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= top):
+        raise NevaValueError(f"{name} has {image.mode} samples in [{values.min()}, {values.max()}]; "
+                             f"expected [0, {top:g}]")
+    return Image.fromarray(np.rint(values * (255.0 / top)).astype(np.uint8))
 
 def _tensor_to_images(tensor: torch.Tensor, name: str) -> list[Image.Image]:
     if tensor.dim() not in (3, 4) or tensor.shape[-3] != 3:
@@ -142,6 +187,10 @@ def _tensor_to_images(tensor: torch.Tensor, name: str) -> list[Image.Image]:
     return [Image.fromarray(frame) for frame in hwc]
 
 
+# Up to this many times the crop's pixels, resize the whole image as Hugging Face does (bit-exact with it).
+_WHOLE_RESIZE_LIMIT = 32
+
+
 def _resize_and_center_crop(image: Image.Image, size: int) -> Image.Image:
     width, height = image.size
     # Shortest side to `size`, longest side truncated as Hugging Face's get_resize_output_image_size does.
@@ -149,6 +198,25 @@ def _resize_and_center_crop(image: Image.Image, size: int) -> Image.Image:
         new_width, new_height = size, int(size * height / width)
     else:
         new_width, new_height = int(size * width / height), size
-    resized = image.resize((new_width, new_height), resample=Image.Resampling.BICUBIC)
     top, left = (new_height - size) // 2, (new_width - size) // 2
-    return resized.crop((left, top, left + size, top + size))
+    if new_width * new_height <= _WHOLE_RESIZE_LIMIT * size * size:
+        resized = image.resize((new_width, new_height), resample=Image.Resampling.BICUBIC)
+        return resized.crop((left, top, left + size, top + size))
+    return _resize_region(image, (left, top, left + size, top + size), width / new_width, height / new_height)
+
+
+def _resize_region(image: Image.Image, crop: tuple[int, int, int, int], x_scale: float, y_scale: float) -> Image.Image:
+    """The `crop` of the image resized by 1 / (x_scale, y_scale), computing only the crop's pixels.
+
+    Two passes in the order of PIL's whole-image resize (horizontal, then vertical), so the result differs from
+    it only by the float rounding of filter positions (a few samples in a thousand, by 1 or 2 in 255); PIL's own
+    box resize may run the vertical pass first, which clips the intermediate differently.
+    """
+    size_x, size_y = crop[2] - crop[0], crop[3] - crop[1]
+    x0, x1 = crop[0] * x_scale, min(image.width, crop[2] * x_scale)
+    y0, y1 = crop[1] * y_scale, min(image.height, crop[3] * y_scale)
+    reach = 2 * max(y_scale, 1.0) + 1  # the bicubic filter's support in source rows, plus one
+    first, last = max(0, math.floor(y0 - reach)), min(image.height, math.ceil(y1 + reach))
+    rows = image.crop((0, first, image.width, last))  # the rows the vertical pass reads, whole (horizontal reach)
+    strip = rows.resize((size_x, last - first), Image.Resampling.BICUBIC, box=(x0, 0, x1, last - first))
+    return strip.resize((size_x, size_y), Image.Resampling.BICUBIC, box=(0, y0 - first, size_x, y1 - first))

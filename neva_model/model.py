@@ -5,10 +5,11 @@ import torch
 from torch import Tensor, nn
 
 import neva_kernels
+from neva_kernels import NevaTypeError, NevaValueError
 
 from .config import NevaConfig
 from .decoder import AttentionBatch, Decoder
-from .vision import VisionTower
+from .vision import VisionTower, check_pixel_values
 
 
 class Projector(nn.Module):
@@ -30,6 +31,16 @@ def packed_prefill_batch(lengths: list[int], device) -> AttentionBatch:
     return AttentionBatch(positions=torch.tensor(positions, dtype=torch.int64, device=device),
                           cu_seqlens=torch.tensor(offsets, dtype=torch.int32, device=device),
                           max_seqlen=max(lengths, default=0))
+
+
+def check_token_ids(ids, where: str, name: str, batch: int | None = None) -> None:
+    """ids must be an integer tensor [batch, tokens] (of `batch` rows when given)."""
+    if not isinstance(ids, Tensor) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise NevaTypeError(f"{where}: '{name}' must be an integer tensor, got "
+                            f"{getattr(ids, 'dtype', type(ids).__name__)}")
+    if ids.dim() != 2 or (batch is not None and ids.shape[0] != batch):
+        rows = "batch" if batch is None else f"{batch} (one row per image)"
+        raise NevaValueError(f"{where}: '{name}' must have shape [{rows}, tokens], got {list(ids.shape)}")
 
 
 class Neva(nn.Module):
@@ -77,6 +88,9 @@ class Neva(nn.Module):
     def forward_expanded(self, input_ids: Tensor, pixel_values: Tensor | None = None) -> Tensor:
         """Logits [B, T, vocab] of input_ids [B, T] that already hold one image token per image feature
         (transformers' convention), e.g. from neva_model.tokenizer's placeholder expansion."""
+        check_token_ids(input_ids, "Neva", "input_ids")
+        if pixel_values is not None:
+            check_pixel_values(self.config.vision, pixel_values, "Neva")
         features = self.image_features(pixel_values) if pixel_values is not None else None
         batch, length = input_ids.shape
         embeds = self.embed(input_ids.reshape(-1), features)
@@ -85,6 +99,8 @@ class Neva(nn.Module):
 
     def forward(self, images: Tensor, caption_tokens: Tensor) -> Tensor:
         """images [B, 3, S, S] and caption_tokens [B, T] -> logits [B, T_img + T, vocab], image tokens first."""
+        check_pixel_values(self.config.vision, images, "Neva", "images")
+        check_token_ids(caption_tokens, "Neva", "caption_tokens", images.shape[0])
         image_tokens = torch.full((caption_tokens.shape[0], self.config.image_tokens_per_image),
                                   self.config.image_token_index, dtype=torch.long, device=caption_tokens.device)
         return self.forward_expanded(torch.cat((image_tokens, caption_tokens.long()), dim=1), images)

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from neva_kernels import NevaValueError
+from neva_kernels import NevaTypeError, NevaValueError
+from neva_kernels.errors import expect_finite, expect_int
 
 
 @dataclass(frozen=True)
@@ -16,18 +17,24 @@ class SamplingParams:
     top_k: int = 0  # 0: no limit
     top_p: float = 1.0  # nucleus: the smallest set of tokens whose probability reaches top_p
     seed: int | None = None  # None: torch's global generator
-    stop: tuple[str, ...] = ()  # generation ends before the first of these strings (needs a detokenizer)
+    stop: tuple[str, ...] = ()  # generation ends before the first of these strings (needs a detokenizer); a str: one
     ignore_eos: bool = False
 
     def __post_init__(self):
-        checks = [(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
-                  (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
-                  (self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}"),
-                  (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
-                  (all(isinstance(s, str) and s for s in self.stop), f"stop strings must be non-empty, got {self.stop}")]
-        for ok, message in checks:
-            if not ok:
-                raise NevaValueError(f"SamplingParams: {message}")
+        where = "SamplingParams"
+        expect_int(where, "max_new_tokens", self.max_new_tokens, minimum=1)
+        expect_finite(where, "temperature", self.temperature, minimum=0.0)
+        expect_int(where, "top_k", self.top_k, minimum=0)
+        expect_finite(where, "top_p", self.top_p, 0.0, 1.0, above_minimum=True)
+        if self.seed is not None:  # the range torch.Generator.manual_seed takes
+            expect_int(where, "seed", self.seed, 0, 2**64 - 1)
+        stop = (self.stop,) if isinstance(self.stop, str) else self.stop  # a str is one stop string, not letters
+        if not isinstance(stop, (tuple, list)) or not all(isinstance(s, str) and s for s in stop):
+            raise NevaValueError(f"{where}: 'stop' must be a string or a sequence of non-empty strings, "
+                                 f"got {self.stop!r}")
+        object.__setattr__(self, "stop", tuple(stop))
+        if not isinstance(self.ignore_eos, bool):
+            raise NevaTypeError(f"{where}: 'ignore_eos' must be a bool, got {type(self.ignore_eos).__name__}")
 
     def generator(self, device) -> torch.Generator | None:
         return None if self.seed is None else torch.Generator(device=device).manual_seed(self.seed)
@@ -46,6 +53,10 @@ def _filter_top_k_top_p(sorted_logits: Tensor, top_k: Tensor, top_p: Tensor) -> 
 def sample(logits: Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]) -> Tensor:
     """Next token per row of logits [B, vocab] under each row's params -> LongTensor [B]."""
     logits = logits.float()
+    nan_rows = torch.isnan(logits).any(dim=-1).nonzero().flatten().tolist()  # argmax would pick a NaN, silently
+    if nan_rows:
+        raise NevaValueError(f"sample: the model's logits hold NaN in row(s) {nan_rows} (of {logits.shape[0]}); "
+                             "the weights or the inputs are not finite")
     greedy = logits.argmax(dim=-1)
     temperature = torch.tensor([p.temperature for p in params], device=logits.device)
     if not bool((temperature > 0).any()):

@@ -5,10 +5,23 @@ import torch
 from torch import Tensor, nn
 
 import neva_kernels
+from neva_kernels import NevaTypeError, NevaValueError
 
 from .config import VisionConfig
 from .fused_linear import FusedLinear
 from .norms import LayerNorm
+
+
+def check_pixel_values(config: VisionConfig, pixel_values, where: str, name: str = "pixel_values") -> None:
+    """pixel_values must be a float tensor [images, channels, image_size, image_size] of the model's sizes: the
+    position embeddings are learned for one grid of patches (preprocess_images resizes any image to it)."""
+    if not isinstance(pixel_values, Tensor) or not pixel_values.is_floating_point():
+        raise NevaTypeError(f"{where}: '{name}' must be a floating-point tensor, got "
+                            f"{getattr(pixel_values, 'dtype', type(pixel_values).__name__)}")
+    expected = [config.num_channels, config.image_size, config.image_size]
+    if pixel_values.dim() != 4 or list(pixel_values.shape[1:]) != expected:
+        raise NevaValueError(f"{where}: '{name}' must have shape [images, {', '.join(map(str, expected))}] (the "
+                             f"model's image_size is {config.image_size}), got {list(pixel_values.shape)}")
 
 
 class VisionEmbeddings(nn.Module):
@@ -79,6 +92,7 @@ class VisionTower(nn.Module):
 
     def __init__(self, config: VisionConfig):
         super().__init__()
+        self.config = config
         self.embeddings = VisionEmbeddings(config)
         self.pre_layrnorm = LayerNorm(config.hidden_size, config.layer_norm_eps)  # (sic: CLIP's name)
         self.encoder = VisionEncoder(config)
@@ -88,6 +102,7 @@ class VisionTower(nn.Module):
         """Hidden states [images, 1 + patches, hidden] of `feature_layers`, indices into the num_layers + 1 states
         (0: the embeddings after pre_layrnorm; -1: the last layer's output) as HF's hidden_states tuple counts.
         Layers past the deepest one asked for are not run (LLaVA's usual -2 skips the last layer)."""
+        check_pixel_values(self.config, pixel_values, "VisionTower")
         num_states = len(self.encoder.layers) + 1
         wanted = [i % num_states for i in feature_layers]
         h = self.pre_layrnorm(self.embeddings(pixel_values))

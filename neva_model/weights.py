@@ -3,20 +3,24 @@
 The model is built on the meta device, then materialized empty on the target device and filled tensor by
 tensor, shard by shard: host memory holds about one tensor (safetensors maps the file) rather than the model.
 Every checkpoint tensor must land in exactly one model tensor of its shape, and every model tensor must be
-filled; anything else is a NevaWeightsError naming the tensor.
+filled; anything else is a NevaWeightsError naming the tensor. All of that is checked from the shard headers
+before any memory is allocated, so a config.json that disagrees with the weights (a huge vocab_size, say) is a
+clear error rather than an allocation failure.
 """
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
+import warnings
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from neva_kernels import NevaValueError
 
-from .config import from_hf_config
+from .config import NevaConfigError, from_hf_config, read_json_object
 from .fused_linear import FusedLinear
 from .model import Neva
 
@@ -51,19 +55,63 @@ def model_name(checkpoint_name: str) -> str | None:
 
 
 def shard_files(model_dir: Path) -> list[Path]:
+    """The safetensors files of the checkpoint: those model.safetensors.index.json names, else every one there."""
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [model_dir / name for name in sorted(set(weight_map.values()))]
+        weight_map = read_json_object(index, NevaWeightsError).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise NevaWeightsError(f"{index}: 'weight_map' must be an object of tensor name -> shard file name")
+        return [_shard_path(model_dir, index, name) for name in sorted(set(weight_map.values()))]
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
         raise NevaWeightsError(f"no *.safetensors files in {model_dir}")
     return files
 
 
+def _shard_path(model_dir: Path, index: Path, name: str) -> Path:
+    """A shard named in the index: a plain file name inside model_dir, never a path that leads out of it."""
+    parts = PurePosixPath(name).parts
+    if (not name or PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or ".." in parts
+            or "\\" in name):
+        raise NevaWeightsError(f"{index}: shard file {name!r} must be a relative path inside {model_dir}")
+    path = model_dir / name
+    if not path.is_file():
+        raise NevaWeightsError(f"{index}: shard file {name!r} does not exist in {model_dir}")
+    return path
+
+
+@contextmanager
+def _open_shard(path: Path):
+    """safe_open with unreadable or malformed files (truncated, not safetensors) as a NevaWeightsError."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as shard:
+            yield shard
+    except (SafetensorError, OSError) as error:
+        raise NevaWeightsError(f"cannot read {path}: {error}") from error
+
+
+_FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+
+
+def checkpoint_shapes(model_dir: Path) -> dict[str, list[int]]:
+    """Checkpoint tensor name -> shape, read from the shard headers only (no tensor data is read)."""
+    shapes = {}
+    for path in shard_files(model_dir):
+        with _open_shard(path) as shard:
+            for name in shard.keys():
+                header = shard.get_slice(name)
+                if header.get_dtype() not in _FLOAT_DTYPES and not _IGNORED.search(name):
+                    raise NevaWeightsError(f"{path}: tensor '{name}' has dtype {header.get_dtype()}, expected "
+                                           f"one of {', '.join(sorted(_FLOAT_DTYPES))}")
+                if name in shapes:
+                    raise NevaWeightsError(f"tensor '{name}' appears twice in the checkpoint (again in {path})")
+                shapes[name] = header.get_shape()
+    return shapes
+
+
 def checkpoint_dtype(model_dir: Path) -> torch.dtype:
     """The dtype config.json says the weights were saved in (float32 when it does not say)."""
-    config = json.loads((model_dir / "config.json").read_text())
+    config = read_json_object(model_dir / "config.json")
     name = config.get("dtype") or config.get("torch_dtype") or "float32"
     return DTYPES.get(name, torch.float32)
 
@@ -94,6 +142,7 @@ class _Filler:
         return name, None
 
     def fill(self, checkpoint_name: str, tensor: torch.Tensor) -> None:
+        """Copy `tensor` into its model tensor; a meta-device model only checks that it fits."""
         name, part = self.target(checkpoint_name)
         if name not in self.tensors:
             raise NevaWeightsError(f"unexpected tensor '{checkpoint_name}' in the checkpoint (no model tensor "
@@ -104,12 +153,13 @@ class _Filler:
         if tuple(tensor.shape) != tuple(destination.shape):
             raise NevaWeightsError(f"tensor '{checkpoint_name}' has shape {list(tensor.shape)}, the model expects "
                                    f"{list(destination.shape)} (check config.json)")
-        with torch.no_grad():
-            destination.copy_(tensor)
         remaining = self.expected.get(name, [])
         if part not in remaining:
             raise NevaWeightsError(f"tensor '{checkpoint_name}' appears twice in the checkpoint")
         remaining.remove(part)
+        if not destination.is_meta:
+            with torch.no_grad():
+                destination.copy_(tensor)
 
     def check_complete(self) -> None:
         missing = [name if parts == [None] else f"{name} ({', '.join(parts)})"
@@ -123,17 +173,53 @@ def load_neva(model_dir: str | Path, dtype: torch.dtype | None = None, device: s
     """A Neva with the weights of the llava-hf checkpoint in model_dir, in `dtype` (default: the checkpoint's)
     on `device`, in eval mode."""
     model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise NevaConfigError(f"the model directory {model_dir} "
+                              f"{'is a file, not a directory' if model_dir.exists() else 'does not exist'}")
     config = from_hf_config(model_dir)
     dtype = dtype or checkpoint_dtype(model_dir)
+    shapes = checkpoint_shapes(model_dir)
+    # Tied embeddings, yet the file holds an lm_head too: load it untied and tie again only if the two agree.
+    tied_with_head = config.tie_word_embeddings and any(model_name(n) == "lm_head.weight" for n in shapes)
     with torch.device("meta"):
-        model = Neva(config).to(dtype)  # cast while empty: the device never holds a float32 copy
-    model = model.to_empty(device=device)
-    model.tie_weights()  # to_empty gives every module its own tensor
+        model = Neva(replace(config, tie_word_embeddings=False) if tied_with_head else config).to(dtype)
+    dry_run = _Filler(model)  # every name and shape checked before the device holds a byte
+    for name, shape in shapes.items():
+        if not _IGNORED.search(name):
+            dry_run.fill(name, torch.empty(shape, device="meta"))
+    dry_run.check_complete()
+    model = _materialize(model, device, dtype)
     filler = _Filler(model)
     for path in shard_files(model_dir):
-        with safe_open(str(path), framework="pt", device="cpu") as shard:
+        with _open_shard(path) as shard:
             for name in shard.keys():
                 if not _IGNORED.search(name):
                     filler.fill(name, shard.get_tensor(name))
-    filler.check_complete()
+    if tied_with_head:
+        _tie_if_equal(model, config)
     return model.eval()
+
+
+def _materialize(model: Neva, device, dtype: torch.dtype) -> Neva:
+    """The meta model allocated (uninitialized) on `device`; too large a model is a NevaWeightsError."""
+    try:
+        model = model.to_empty(device=device)
+    except (RuntimeError, MemoryError) as error:  # torch's allocators raise RuntimeError subtypes
+        count = sum(p.numel() for p in model.parameters())
+        raise NevaWeightsError(f"cannot allocate the model's {count:,} parameters in {dtype} "
+                               f"({count * dtype.itemsize / 2**30:.3g} GiB) on {device}: "
+                               f"{str(error).strip().splitlines()[0]}") from error
+    model.tie_weights()  # to_empty gives every module its own tensor
+    return model
+
+
+def _tie_if_equal(model: Neva, tied_config) -> None:
+    """config.json ties lm_head to embed_tokens and the file holds both: tie them when equal; else keep them apart
+    (as transformers does) rather than silently drop one, and say so."""
+    if torch.equal(model.lm_head.weight, model.language_model.embed_tokens.weight):
+        model.config = tied_config
+        model.tie_weights()
+    else:
+        warnings.warn("config.json sets tie_word_embeddings, but the checkpoint's lm_head.weight differs from "
+                      "embed_tokens.weight: both are kept, untied (model.config.tie_word_embeddings is False)",
+                      stacklevel=3)
