@@ -3,50 +3,105 @@
 Without --model it asks the default model shipped in the package (DEFAULT_MODEL: neva's own small NeVA trained
 on a shapes task by `python -m neva_model.train`).
 
-The answer goes to stdout (streamed with --stream), the timing line to stderr, errors to stderr with exit
-status 1.
+The answer goes to stdout (streamed with --stream), the timing line to stderr. Every failure is one line on
+stderr, ``neva: error: ...``, from the one error boundary in main(): exit status 2 for a malformed argument,
+130 for Ctrl-C, 1 otherwise. torch and the model stack are imported inside that boundary (in the functions
+below), since importing neva_kernels already reads NEVA_KERNELS_BACKEND and refuses a bad value.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
+import math
+import os
 import sys
+import traceback
 from pathlib import Path
-
-import torch
-
-import neva_kernels
-from neva_kernels import NevaError
-
-from .generate import Engine, Request, StepOutput, Timings
-from .image import checkpoint_image_stats, preprocess_images
-from .prompts import STEERLM_ATTRIBUTE_ORDER, SteerLMAttributes, build_prompt
-from .model import Neva
-from .sampling import SamplingParams
-from .server.images import ImageLimits
-from .tokenizer import NevaTokenizer, load_tokenizer, model_input_ids
-from .weights import DTYPES, load_neva
 
 DEFAULT_MODEL = Path(__file__).parent / "checkpoints" / "neva-shapes"
 
 
+class UsageError(Exception):
+    """A command-line argument is malformed; the message names it (exit status 2, as argparse's own)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print its usage and exit; main() prints one line instead
+        raise UsageError(message)
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {value}")
+        return value
+    parse.__name__ = f"int >= {minimum}"
+    return parse
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _utf8(text: str) -> str:
+    """Text from the command line; bytes that are not UTF-8 arrive as lone surrogates (PEP 383) and are refused."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        byte = ord(text[error.start]) - 0xDC00
+        raise argparse.ArgumentTypeError(f"is not valid UTF-8 (byte {byte:#04x} at character {error.start})") \
+            from None
+    return text
+
+
+def _device(text: str):
+    """cpu, cuda or cuda:N, and only a CUDA device that exists (the kernels run on nothing else)."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{text!r} asked for, but torch sees no CUDA GPU here")
+        if (device.index or 0) >= count:
+            raise argparse.ArgumentTypeError(f"{text!r} asked for, but torch sees only {count} CUDA GPU(s)")
+    return device
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="neva", description="NeVA visual question answering on neva_kernels")
+    from .prompts import STEERLM_ATTRIBUTE_ORDER
+    from .server.images import ImageLimits
+
+    parser = _Parser(prog="neva", description="NeVA visual question answering on neva_kernels")
     commands = parser.add_subparsers(dest="command", required=True)
     ask = commands.add_parser("ask", help="answer a question about one or more images")
-    ask.add_argument("question")
+    ask.add_argument("question", type=_utf8)
     _add_model_arguments(ask)
     ask.add_argument("--image", action="append", required=True, help="image file (repeat for several)")
-    ask.add_argument("--system", help="system text put before the conversation")
+    ask.add_argument("--system", type=_utf8, help="system text put before the conversation")
     ask.add_argument("--stream", action="store_true", help="print the answer token by token")
 
     sampling = ask.add_argument_group("sampling")
-    sampling.add_argument("--max-new-tokens", type=int, default=256)
-    sampling.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
-    sampling.add_argument("--top-k", type=int, default=0, help="0 is no limit")
-    sampling.add_argument("--top-p", type=float, default=1.0)
+    sampling.add_argument("--max-new-tokens", type=_int_at_least(1), default=256)
+    sampling.add_argument("--temperature", type=_finite, default=0.0, help="0 is greedy")
+    sampling.add_argument("--top-k", type=_int_at_least(0), default=0, help="0 is no limit")
+    sampling.add_argument("--top-p", type=_finite, default=1.0)
     sampling.add_argument("--seed", type=int)
-    sampling.add_argument("--stop", action="append", default=[], help="stop string (repeat for several)")
+    sampling.add_argument("--stop", type=_utf8, action="append", default=[], help="stop string (repeat for several)")
     sampling.add_argument("--ignore-eos", action="store_true")
 
     steer = ask.add_argument_group("SteerLM (NeMo NeVA's attribute-conditioned prompt)")
@@ -73,36 +128,71 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_model_arguments(command: argparse.ArgumentParser) -> None:
+    import neva_kernels
+
+    from .weights import DTYPES
+
     command.add_argument("--model", type=Path, default=DEFAULT_MODEL,
                          help="llava-hf checkpoint directory (default: the shipped neva-shapes model)")
     run = command.add_argument_group("runtime")
     run.add_argument("--backend", choices=neva_kernels.BACKENDS, help="force one neva_kernels backend")
     run.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on CUDA, float32 on CPU")
-    run.add_argument("--device", help="default: cuda when available, else cpu")
-    run.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block")
+    run.add_argument("--device", type=_device, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    run.add_argument("--block-size", type=_int_at_least(1), default=16, help="tokens per KV-cache block")
     run.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                      help="replay decode steps from CUDA graphs (default: on CUDA devices)")
 
 
-def _steerlm(args) -> SteerLMAttributes | None:
+def _steerlm(args):
+    from .prompts import STEERLM_ATTRIBUTE_ORDER, SteerLMAttributes
+
     given = {name: getattr(args, name) for name in STEERLM_ATTRIBUTE_ORDER if getattr(args, name) is not None}
     return SteerLMAttributes(**given) if args.steerlm or given else None
 
 
-def timing_line(t: Timings) -> str:
+def timing_line(t) -> str:
     return (f"vision {t.vision_s * 1e3:.1f} ms | projection {t.projection_s * 1e3:.1f} ms | prefill "
             f"{t.prefill_tokens} tokens {t.prefill_s * 1e3:.1f} ms | decode {t.decode_tokens} tokens "
             f"{t.decode_tokens_per_s:.1f} tokens/s")
 
 
-def _load(args) -> tuple[Neva, NevaTokenizer]:
+def _load(args):
     """The model and tokenizer of --model on the device and dtype asked for (the backend set first)."""
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    import torch
+
+    import neva_kernels
+
+    from .config import NevaConfigError
+    from .tokenizer import load_tokenizer
+    from .weights import DTYPES, load_neva
+
+    device = args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    return load_neva(args.model, dtype=dtype, device=device), load_tokenizer(args.model)
+    if args.backend:
+        neva_kernels.set_backend(args.backend)
+    model, tokenizer = load_neva(args.model, dtype=dtype, device=device), load_tokenizer(args.model)
+    config = model.config
+    context = config.text.max_position_embeddings
+    if args.block_size > context:  # a block past the whole context is never filled, only allocated
+        raise UsageError(f"argument --block-size: expected at most the model's context of {context} tokens, "
+                         f"got {args.block_size}")
+    if tokenizer.vocab_size > config.text.vocab_size + (tokenizer.image_token_id == config.text.vocab_size):
+        raise NevaConfigError(f"the tokenizer in {args.model} has {tokenizer.vocab_size} tokens, more than the "
+                              f"model's vocab_size {config.text.vocab_size} (config.json): some ids would have "
+                              "no embedding")
+    return model, tokenizer
 
 
 def ask(args) -> str:
+    from .config import NevaConfigError
+    from .generate import Engine, Request
+    from .image import checkpoint_image_stats, preprocess_images
+    from .prompts import build_prompt
+    from .sampling import SamplingParams
+    from .tokenizer import model_input_ids
+
+    if sys.stdout is None:  # started with stdout closed: print() would drop the answer without a word
+        raise OSError("stdout is closed: there is nowhere to write the answer")
     model, tokenizer = _load(args)
     config = model.config
     images = preprocess_images(args.image, config.vision.image_size, *checkpoint_image_stats(args.model))
@@ -110,8 +200,8 @@ def ask(args) -> str:
     ids = model_input_ids(tokenizer, prompt, config, len(args.image))
     room = config.text.max_position_embeddings - len(ids)
     if room < 1:
-        raise NevaError(f"the prompt takes {len(ids)} tokens, the model's context only "
-                        f"{config.text.max_position_embeddings}")
+        raise NevaConfigError(f"the prompt takes {len(ids)} tokens, the model's context only "
+                              f"{config.text.max_position_embeddings}")
     # As any generator, stop at the end of the model's context rather than refuse the question.
     max_new_tokens = min(args.max_new_tokens, room)
     sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -119,11 +209,11 @@ def ask(args) -> str:
     engine = Engine(model, max_batch_size=1, block_size=args.block_size, cuda_graph=args.cuda_graph,
                     max_seq_len=len(ids) + max_new_tokens, detokenize=tokenizer.decode_generated)
 
-    def stream(_, output: StepOutput) -> None:
-        print(output.text, end="", flush=True)
+    def stream(_, output) -> None:  # output: a StepOutput, its text the newly final part of the answer
+        _write(output.text, end="")
 
     completion = engine.generate([Request(ids, images, sampling)], stream if args.stream else None)[0]
-    print("" if args.stream else completion.text)
+    _write("" if args.stream else completion.text)
     print(timing_line(engine.timings), file=sys.stderr)
     return completion.text
 
@@ -131,6 +221,9 @@ def ask(args) -> str:
 def serve(args) -> None:
     from .server.app import serve  # FastAPI and uvicorn load for this command only
     from .server.chat import Served
+    from .generate import Engine
+    from .image import checkpoint_image_stats
+    from .server.images import ImageLimits
 
     model, tokenizer = _load(args)
     engine = Engine(model, max_batch_size=args.max_batch_size, max_seq_len=args.max_seq_len,
@@ -141,17 +234,49 @@ def serve(args) -> None:
     serve(served, args.served_model_name or args.model.resolve().name, args.host, args.port, args.shutdown_timeout)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def _write(text: str, end: str = "\n") -> None:
+    """Print the answer and flush at once: a closed pipe or a full disk fails here, not unseen at exit."""
     try:
-        # Scoped: a caller of main() (tests, a notebook) keeps its own backend setting afterwards.
-        backend = getattr(args, "backend", None)
-        with neva_kernels.use_backend(backend) if backend else contextlib.nullcontext():
-            {"ask": ask, "serve": serve}[args.command](args)
-    except (NevaError, OSError) as error:
-        print(f"neva: error: {error}", file=sys.stderr)
-        return 1
-    return 0
+        print(text, end=end, flush=True)
+    except OSError as error:
+        raise OSError(f"cannot write the answer to stdout: {error.strerror or error}") from error
+
+
+def _is_neva_error(error: BaseException) -> bool:
+    """Errors raised on purpose (neva's own types, failed I/O, exhausted memory) carry a message meant for the
+    user; anything else is a bug, reported by its type."""
+    torch = sys.modules.get("torch")
+    own = type(error).__module__.split(".")[0] in ("neva_kernels", "neva_model")
+    expected = (UsageError, OSError, MemoryError) + ((torch.OutOfMemoryError,) if torch else ())
+    return own or isinstance(error, expected)
+
+
+def _drop_unwritable_stdout() -> None:
+    """After a failed write, stdout still holds what it could not write; point it at /dev/null so that Python's
+    flush at exit does not print a second error of its own."""
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except (OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`neva`: runs one command; every failure becomes one line on stderr and a non-zero exit status."""
+    try:
+        args = _parser().parse_args(argv)
+        {"ask": ask, "serve": serve}[args.command](args)
+        return 0
+    except KeyboardInterrupt:
+        print("neva: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # the one boundary: nothing below prints a traceback to a user
+        if os.environ.get("NEVA_DEBUG") == "1":
+            traceback.print_exc()
+        message = str(error) if _is_neva_error(error) else f"internal error, {type(error).__name__}: {error}"
+        print(f"neva: error: {' '.join(message.split())}", file=sys.stderr)
+        _drop_unwritable_stdout()
+        return 2 if isinstance(error, UsageError) else 1
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import torch
 
 from neva_kernels.errors import NevaError, NevaTypeError, NevaValueError
 
-from .config import NevaConfig
+from .config import NevaConfig, read_json_object
 from .prompts import DEFAULT_IMAGE_PLACEHOLDER
 
 
@@ -169,15 +168,7 @@ def _special_token_config(directory: Path) -> dict:
 
 
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise NevaTokenizerError(f"cannot read {path}: {error}") from error
-    if not isinstance(data, dict):
-        raise NevaTokenizerError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
+    return read_json_object(path, NevaTokenizerError) if path.is_file() else {}
 
 
 def _token_content(value, path: Path, key: str) -> str | None:
@@ -214,7 +205,7 @@ def _from_tokenizer_json(path: Path, config: dict, image_token: str) -> NevaToke
 
 def _sentencepiece_available() -> bool:
     # transformers reads a sentencepiece model through the sentencepiece package and its protobuf schema.
-    return all(_installed(name) for name in ("sentencepiece", "google.protobuf"))
+    return all(_installed(name) for name in ("transformers", "sentencepiece", "google.protobuf"))
 
 
 def _installed(module: str) -> bool:
@@ -228,8 +219,8 @@ def _from_sentencepiece(directory: Path, config: dict, image_token: str) -> Neva
     path = directory / "tokenizer.model"
     if not _sentencepiece_available():
         raise NevaTokenizerError(
-            f"{path} is a sentencepiece model, which needs the sentencepiece and protobuf packages: "
-            "pip install sentencepiece protobuf"
+            f"{path} is a sentencepiece model, which needs the transformers, sentencepiece and protobuf packages: "
+            "pip install 'neva[sentencepiece]'"
         )
     from transformers import LlamaTokenizer
 

@@ -165,7 +165,7 @@ def test_load_errors(tmp_path):
 def test_sentencepiece_missing_says_how_to_install(tmp_path, monkeypatch):
     (tmp_path / "tokenizer.model").write_bytes(b"\x00")
     monkeypatch.setattr(tokenizer_module, "_sentencepiece_available", lambda: False)
-    with pytest.raises(NevaTokenizerError, match="pip install sentencepiece protobuf"):
+    with pytest.raises(NevaTokenizerError, match=r"pip install 'neva\[sentencepiece\]'"):
         load_tokenizer(tmp_path)
     assert tokenizer_module._installed("json")
     assert not tokenizer_module._installed("neva_no_such_package.module")  # a missing parent answers False
