@@ -72,3 +72,60 @@ def test_block_table_width_too_small_is_an_error():
     allocator.allocate("s", 5)
     with pytest.raises(nk.NevaValueError, match="'width' 2 is smaller than the longest block list \\(3 blocks\\)"):
         allocator.block_tables(["s"], width=2)
+
+
+def _state(allocator: BlockAllocator):
+    return allocator.num_free_blocks, {s: (allocator.blocks(s), allocator.length(s)) for s in ("x",) if s in allocator}
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda a: a.allocate("y", -1), nk.NevaValueError, "'num_tokens' must be >= 0, got -1"),
+    (lambda a: a.allocate("y", 2.0), nk.NevaTypeError, "'num_tokens' must be an int, got float 2.0"),
+    (lambda a: a.allocate("y", None), nk.NevaTypeError, "'num_tokens' must be an int, got NoneType"),
+    (lambda a: a.allocate("y", True), nk.NevaTypeError, "'num_tokens' must be an int, got bool"),
+    (lambda a: a.allocate(["unhashable"], 1), TypeError, "unhashable"),
+    (lambda a: a.allocate("y", 100), OutOfBlocksError, "needs 25 more blocks"),
+    (lambda a: a.extend("x", -2), nk.NevaValueError, "'num_new_tokens' must be >= 0, got -2"),
+    (lambda a: a.extend("x", "3"), nk.NevaTypeError, "'num_new_tokens' must be an int, got str"),
+    (lambda a: a.extend("y", 1), nk.NevaValueError, "unknown sequence 'y'"),
+    (lambda a: a.free("y"), nk.NevaValueError, "unknown sequence 'y'"),
+])
+def test_a_call_that_raises_leaves_the_allocator_unchanged(call, error, message):
+    allocator = BlockAllocator(num_blocks=4, block_size=4)
+    allocator.allocate("x", 3)
+    before = _state(allocator)
+    with pytest.raises(error, match=message):
+        call(allocator)
+    assert _state(allocator) == before and "y" not in allocator
+    assert allocator.allocate("y", 4) == [4, 5, 6, 7]  # still fully usable
+
+
+@pytest.mark.parametrize("args, error, message", [
+    ((0, 16), nk.NevaValueError, "BlockAllocator: 'num_blocks' must be >= 1, got 0"),
+    ((4, -1), nk.NevaValueError, "BlockAllocator: 'block_size' must be >= 1, got -1"),
+    ((4.0, 16), nk.NevaTypeError, "BlockAllocator: 'num_blocks' must be an int, got float"),
+    ((4, "16"), nk.NevaTypeError, "BlockAllocator: 'block_size' must be an int, got str"),
+])
+def test_allocator_arguments_are_checked(args, error, message):
+    with pytest.raises(error, match=message):
+        BlockAllocator(*args)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(num_layers=0), nk.NevaValueError, "PagedKVCache: 'num_layers' must be >= 1, got 0"),
+    (dict(num_blocks=0), nk.NevaValueError, "PagedKVCache: 'num_blocks' must be >= 1, got 0"),
+    (dict(block_size=2.5), nk.NevaTypeError, "PagedKVCache: 'block_size' must be an int, got float"),
+    (dict(num_kv_heads=-2), nk.NevaValueError, "PagedKVCache: 'num_kv_heads' must be >= 1, got -2"),
+    (dict(head_dim=None), nk.NevaTypeError, "PagedKVCache: 'head_dim' must be an int, got NoneType"),
+    (dict(dtype=torch.int8), nk.NevaTypeError, "'dtype' must be a floating-point torch.dtype, got torch.int8"),
+    (dict(dtype="float16"), nk.NevaTypeError, "'dtype' must be a floating-point torch.dtype, got 'float16'"),
+    # 2^50 tokens per block: more bytes than any machine has, refused by the allocator at once
+    (dict(block_size=2**50), nk.NevaValueError, r"PagedKVCache: cannot allocate K and V pages of shape "
+                                                r"\[2, 3, 1125899906842624, 2, 8\] torch.float32 \([\d.e+]+ GiB\) on cpu"),
+    (dict(block_size=2**62), nk.NevaValueError, "PagedKVCache: cannot allocate"),  # the byte count overflows
+])
+def test_cache_arguments_are_checked_and_allocation_failure_is_one_error(kwargs, error, message):
+    sizes = dict(num_layers=2, num_blocks=3, block_size=4, num_kv_heads=2, head_dim=8, dtype=torch.float32)
+    with pytest.raises(error, match=message) as caught:
+        PagedKVCache(**{**sizes, **kwargs})
+    assert "\n" not in str(caught.value)

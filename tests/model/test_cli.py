@@ -1,6 +1,12 @@
 """`neva ask` end to end on a tiny checkpoint: image file in, the greedy answer of transformers out."""
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +23,7 @@ from neva_model.tokenizer import load_tokenizer
 from tests.model.tiny_llava import IMAGE_SIZE, PARITY_CASES, write_checkpoint
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+ROOT = Path(__file__).resolve().parents[2]
 WORDS = ["USER:", "ASSISTANT:", "What", "is", "in", "the", "picture?"]
 
 
@@ -133,3 +140,153 @@ def test_streamed_answer_is_the_answer_and_never_prints_the_stop_string(capsys):
     assert main([*ask, "--stream"]) == 0
     streamed = capsys.readouterr().out
     assert streamed == whole == "a yellow triangle, a \n"
+
+
+# ---- every failure: one line `neva: error: ...`, a non-zero exit, no traceback --------------------------------
+
+def _fails(argv, capsys, status: int, message: str) -> str:
+    assert main(argv) == status
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith("neva: error: "), err
+    assert message in err, err
+    return err
+
+
+def _ask(image_file, *extra):
+    return ["ask", "--image", str(image_file), "How many shapes are there?", *extra]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--device", "bogus"], "argument --device: expected cpu, cuda or cuda:N, got 'bogus'"),
+    (["--device", "meta"], "argument --device: expected cpu, cuda or cuda:N, got 'meta'"),
+    (["--device", "mps"], "argument --device: expected cpu, cuda or cuda:N, got 'mps'"),
+    (["--block-size", "0"], "argument --block-size: expected an int >= 1, got 0"),
+    (["--block-size", "1.5"], "argument --block-size: expected an int >= 1, got '1.5'"),
+    (["--max-new-tokens", "-3"], "argument --max-new-tokens: expected an int >= 1, got -3"),
+    (["--top-k", "-1"], "argument --top-k: expected an int >= 0, got -1"),
+    (["--temperature", "nan"], "argument --temperature: expected a finite number, got 'nan'"),
+    (["--top-p", "inf"], "argument --top-p: expected a finite number, got 'inf'"),
+    (["--system", "caf\udcc3"], "argument --system: is not valid UTF-8 (byte 0xc3 at character 3)"),
+    (["--stop", "\udcff"], "argument --stop: is not valid UTF-8 (byte 0xff at character 0)"),
+    (["--backend", "fast"], "argument --backend: invalid choice: 'fast'"),
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+])
+def test_malformed_arguments_are_one_line_and_exit_2(image_file, capsys, extra, message):
+    _fails(_ask(image_file, *extra), capsys, 2, message)
+
+
+def test_a_question_that_is_not_utf8_is_refused(image_file, capsys):
+    _fails(["ask", "--image", str(image_file), "what\udcff"], capsys, 2,
+           "argument question: is not valid UTF-8 (byte 0xff at character 4)")
+
+
+def test_missing_arguments_are_one_line(capsys):
+    _fails(["ask"], capsys, 2, "the following arguments are required: question, --image")
+    _fails([], capsys, 2, "the following arguments are required: command")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_cuda_without_a_gpu_is_refused(image_file, capsys):
+    _fails(_ask(image_file, "--device", "cuda"), capsys, 2, "'cuda' asked for, but torch sees no CUDA GPU here")
+    _fails(_ask(image_file, "--device", "cuda:1"), capsys, 2, "'cuda:1' asked for, but torch sees no CUDA GPU")
+    _fails(_ask(image_file, "--cuda-graph", "--device", "cpu"), capsys, 1,
+           "cuda_graph needs the model on a CUDA device, it is on cpu")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--seed", str(2**64)], "SamplingParams: 'seed' must be in [0, 18446744073709551615], got 18446744073709551616"),
+    (["--block-size", str(2**50)], "PagedKVCache: cannot allocate K and V pages of shape [3, 1, 1125899906842624, 1"),
+    (["--humor", "12"], "SteerLM attribute humor must be in 0..9, got 12"),
+    (["--model", "/nonexistent/model"], "the model directory /nonexistent/model does not exist"),
+    (["--image", "/nonexistent/photo.png"], "image file '/nonexistent/photo.png' does not exist"),
+])
+def test_values_the_model_cannot_take_are_one_line_and_exit_1(image_file, capsys, extra, message):
+    _fails(_ask(image_file, *extra), capsys, 1, message)
+
+
+def test_model_pointing_at_a_file_is_refused(image_file, capsys):
+    _fails(_ask(image_file, "--model", str(image_file)), capsys, 1, "is a file, not a directory")
+
+
+def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused(model_dir, image_file, tmp_path, capsys):
+    case, _, directory = model_dir
+    bigger = shutil.copytree(directory, tmp_path / "bigger")
+    tokenizer = Tokenizer.from_file(str(bigger / "tokenizer.json"))
+    tokenizer.add_tokens([f"extra{i}" for i in range(case.vocab)])
+    tokenizer.save(str(bigger / "tokenizer.json"))
+    _fails(_ask(image_file, "--model", str(bigger)), capsys, 1,
+           f"has {tokenizer.get_vocab_size()} tokens, more than the model's vocab_size {case.vocab}")
+
+
+def test_an_invalid_preprocessor_config_is_named(model_dir, image_file, tmp_path, capsys):
+    _, _, directory = model_dir
+    broken = shutil.copytree(directory, tmp_path / "broken")
+    (broken / "preprocessor_config.json").write_text("{\"image_mean\": [0.5, 0.5")
+    _fails(_ask(image_file, "--model", str(broken)), capsys, 1, "cannot read " + str(broken / "preprocessor_config"))
+    (broken / "preprocessor_config.json").write_text(json.dumps({"image_std": [0.2, 0, 0.2]}))
+    _fails(_ask(image_file, "--model", str(broken)), capsys, 1, "preprocessor_config.json: image_std must be positive")
+
+
+def test_nan_weights_are_an_error_not_an_empty_answer(model_dir, image_file, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+    _, _, directory = model_dir
+    broken = shutil.copytree(directory, tmp_path / "nan")
+    tensors = load_file(broken / "model.safetensors")
+    tensors["language_model.lm_head.weight"][0, 0] = float("nan")
+    save_file(tensors, broken / "model.safetensors")
+    _fails(_ask(image_file, "--model", str(broken), "--device", "cpu"), capsys, 1,
+           "sample: the model's logits hold NaN in row(s) [0]")
+
+
+def test_ctrl_c_is_one_line_and_exit_130(image_file, capsys, monkeypatch):
+    """A real SIGINT while the engine runs (Python raises KeyboardInterrupt in the main thread)."""
+    from neva_model.generate import Engine
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(10)  # the signal handler raises long before this ends
+    monkeypatch.setattr(Engine, "generate", interrupted)
+    assert main(_ask(image_file)) == 130
+    out, err = capsys.readouterr()
+    assert out == "" and err == "neva: interrupted\n"
+
+
+def test_an_unexpected_error_is_still_one_line_naming_its_type(image_file, capsys, monkeypatch):
+    from neva_model.generate import Engine
+    monkeypatch.setattr(Engine, "generate", lambda *args, **kwargs: 1 / 0)
+    _fails(_ask(image_file), capsys, 1, "internal error, ZeroDivisionError: division by zero")
+
+
+def _neva(*argv, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **kwargs.pop("env", {})}
+    kwargs.setdefault("stdout", subprocess.PIPE)
+    return subprocess.run([sys.executable, "-m", "neva_model.cli", *argv], env=env, stderr=subprocess.PIPE,
+                          timeout=300, **kwargs)
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch
+def test_an_invalid_backend_environment_variable_is_one_line():
+    result = _neva("ask", "--image", "x.png", "q", env={"NEVA_KERNELS_BACKEND": "fastest"})
+    assert result.returncode == 1 and result.stdout == b""
+    assert result.stderr == b"neva: error: NEVA_KERNELS_BACKEND: backend must be one of cuda, triton, torch, " \
+                            b"got 'fastest'\n"
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch
+def test_closed_or_full_stdout_is_an_error_not_a_lost_answer(image_file):
+    closed = _neva(*_ask(image_file), stdout=None, preexec_fn=lambda: os.close(1))  # `neva ask ... >&-`
+    assert closed.returncode == 1
+    assert closed.stderr.decode().splitlines() == ["neva: error: stdout is closed: there is nowhere to write the answer"]
+    with open("/dev/full", "wb") as full:
+        for stream in ([], ["--stream"]):
+            result = _neva(*_ask(image_file, *stream), stdout=full)
+            assert result.returncode == 1
+            lines = result.stderr.decode().splitlines()
+            assert lines == ["neva: error: cannot write the answer to stdout: No space left on device"], lines
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch
+def test_non_utf8_bytes_from_a_real_command_line_are_refused(image_file):
+    result = _neva(os.fsencode("ask"), "--image", str(image_file), b"caf\xe9?")
+    assert result.returncode == 2
+    assert result.stderr == b"neva: error: argument question: is not valid UTF-8 (byte 0xe9 at character 3)\n"

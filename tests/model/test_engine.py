@@ -120,6 +120,11 @@ def test_bad_requests_are_refused_before_any_work(tiny_checkpoint, model):
     request.images = torch.cat([request.images] * 2)
     with pytest.raises(NevaValueError, match="image tokens for 2 image"):
         Engine(model, max_seq_len=200).generate([request])
+    request.images = torch.randn(1, 3, IMAGE_SIZE + 4, IMAGE_SIZE + 4)
+    with pytest.raises(NevaValueError, match=rf"Engine: 'request.images' must have shape \[images, 3, {IMAGE_SIZE}, "
+                                             rf"{IMAGE_SIZE}\] \(the model's image_size is {IMAGE_SIZE}\), got "
+                                             rf"\[1, 3, {IMAGE_SIZE + 4}, {IMAGE_SIZE + 4}\]"):
+        Engine(model, max_seq_len=200).generate([request])
     with pytest.raises(NevaValueError, match="max_position_embeddings"):
         Engine(model, max_seq_len=10**6)
     with pytest.raises(NevaValueError, match="cuda_graph needs the model on a CUDA device"):

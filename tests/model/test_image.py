@@ -1,6 +1,8 @@
 """neva_model.image against transformers' CLIP image processor (PIL path), plus input handling and errors."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -185,3 +187,92 @@ def test_bad_arguments():
         preprocess_images(image, 8, std=(0.2, 0.0, 0.2))
     with pytest.raises(NevaValueError, match="mean must be 3"):
         preprocess_images(image, 8, mean=(0.5, 0.5))
+
+
+# ---- hostile and unusual files ------------------------------------------------------------------------------
+
+POSTSCRIPT = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto 10 10 lineto stroke\nshowpage\n"
+
+
+@pytest.mark.parametrize("content", [POSTSCRIPT, b"%PDF-1.4\n1 0 obj <<>> endobj\n", b"<svg xmlns='x'/>"])
+def test_only_raster_formats_are_decoded_whatever_the_name(tmp_path, content, monkeypatch):
+    from PIL import EpsImagePlugin
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: pytest.fail("Ghostscript was reached"))
+    path = tmp_path / "photo.png"
+    path.write_bytes(content)
+    with pytest.raises(NevaImageError, match=r"photo\.png' is not a PNG, JPEG, WEBP, GIF, BMP or TIFF image"):
+        preprocess_images(path, 32)
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".webp", ".gif", ".bmp", ".tiff"])
+def test_every_listed_raster_format_is_read(tmp_path, suffix):
+    path = tmp_path / f"photo{suffix}"
+    random_image(40, 30).save(path)
+    assert preprocess_images(path, 16).shape == (1, 3, 16, 16)
+
+
+def test_16_bit_grayscale_png_is_rescaled_not_clipped_white(tmp_path):
+    levels = np.array([[0, 257 * 64, 257 * 128, 65535]], dtype=np.uint16).repeat(4, axis=0).repeat(4, axis=1)
+    path = tmp_path / "deep.png"
+    Image.fromarray(levels).save(path)
+    assert Image.open(path).mode == "I;16"  # a real 16-bit file, as a scanner or a microscope writes
+    eight_bit = Image.fromarray((levels // 257).astype(np.uint8)).convert("RGB")
+    assert_matches(preprocess_images(path, 16), preprocess_images(eight_bit, 16))
+
+
+def test_float_tiff_is_rescaled_not_clipped_black(tmp_path):
+    values = np.linspace(0.0, 1.0, 64, dtype=np.float32).reshape(8, 8)
+    path = tmp_path / "float.tiff"
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode == "F"
+    eight_bit = Image.fromarray(np.rint(values.astype(np.float64) * 255).astype(np.uint8)).convert("RGB")
+    assert_matches(preprocess_images(path, 8), preprocess_images(eight_bit, 8))
+
+
+@pytest.mark.parametrize("values, message", [
+    (np.full((4, 4), 1.5, np.float32), r"has F samples in \[1\.5, 1\.5\]; expected \[0, 1\]"),
+    (np.full((4, 4), np.nan, np.float32), r"has F samples in \[nan, nan\]"),
+    (np.full((4, 4), -7, np.int32), r"has I samples in \[-7\.0, -7\.0\]; expected \[0, 65535\]"),
+    (np.full((4, 4), 70000, np.int32), r"has I samples in \[70000\.0, 70000\.0\]"),
+])
+def test_wide_samples_out_of_range_are_refused(tmp_path, values, message):
+    path = tmp_path / "odd.tiff"
+    Image.fromarray(values).save(path)
+    with pytest.raises(NevaImageError, match=r"image file '.*odd\.tiff' " + message):
+        preprocess_images(path, 8)
+    with pytest.raises(NevaValueError, match=r"images\[0\] " + message):
+        preprocess_images([Image.open(path)], 8)
+
+
+def test_a_decompression_bomb_is_refused_before_decoding(tmp_path):
+    path = tmp_path / "bomb.png"
+    Image.new("1", (10_000, 9_000)).save(path)  # 90 million pixels in a few kilobytes
+    with pytest.raises(NevaImageError, match=r"bomb\.png.*exceeds limit"):
+        preprocess_images(path, 32)
+
+
+@pytest.mark.parametrize("width, height, image_size", [(13, 1000, 40), (1000, 13, 40), (3, 500, 37), (517, 9, 64)])
+def test_extreme_aspect_ratios_resize_only_the_crop_and_stay_within_1_in_255(width, height, image_size):
+    image = random_image(width, height)
+    ours, reference = preprocess_images(image, image_size), hf_pixels(image, image_size)
+    samples = (ours - reference) * torch.tensor(CLIP_STD).view(1, 3, 1, 1) * 255  # back to 0..255 steps
+    assert samples.abs().max() <= 2.0 + 1e-3 and (samples.abs() > 0.5).float().mean() < 0.01
+
+
+@pytest.mark.parametrize("size", [(1, 1_000_000), (1_000_000, 1)])
+def test_a_one_pixel_wide_million_pixel_png_stays_cheap(tmp_path, size):
+    """Resizing all of it would take 336 x 336,000,000 pixels (about 9 GB); only the crop's region is resized."""
+    path = tmp_path / "line.png"
+    Image.new("RGB", size, (200, 30, 90)).save(path)
+    assert path.stat().st_size < 10_000
+    script = (f"import resource, time; from neva_model.image import preprocess_images\n"
+              f"before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+              f"start = time.process_time(); pixels = preprocess_images({str(path)!r}, 336)\n"
+              f"print(time.process_time() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, "
+              f"pixels.shape == (1, 3, 336, 336), float((pixels.amax((2, 3)) - pixels.amin((2, 3))).max()))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[2]).stdout.split()
+    seconds, peak_growth_kib, shape_ok, spread = float(out[0]), int(out[1]), out[2] == "True", float(out[3])
+    assert shape_ok and spread == 0.0  # one colour in, one colour out
+    assert peak_growth_kib < 100 * 1024, f"peak memory grew by {peak_growth_kib / 1024:.0f} MiB"  # the image: 3 MB
+    assert seconds < 10, f"{seconds:.1f} s of CPU"

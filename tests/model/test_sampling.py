@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from neva_kernels import NevaValueError
+from neva_kernels import NevaTypeError, NevaValueError
 from neva_model.sampling import SamplingParams, find_stop, sample
 
 PROBS = torch.tensor([0.05, 0.5, 0.15, 0.3])  # sorted: 1 (0.5), 3 (0.3), 2 (0.15), 0 (0.05)
@@ -40,11 +40,38 @@ def test_a_seed_fixes_the_draws():
     assert torch.equal(_frequencies(params, 50), _frequencies(params, 50))
 
 
-@pytest.mark.parametrize("bad", [dict(max_new_tokens=0), dict(temperature=-1.0), dict(top_k=-2), dict(top_p=0.0),
-                                 dict(top_p=1.5), dict(stop=("",))])
+@pytest.mark.parametrize("bad", [
+    dict(max_new_tokens=0), dict(temperature=-1.0), dict(top_k=-2), dict(top_p=0.0), dict(top_p=1.5),
+    dict(stop=("",)), dict(temperature=float("nan")), dict(temperature=float("inf")), dict(top_p=float("nan")),
+    dict(seed=2**64), dict(seed=-1), dict(stop=5), dict(stop=("a", 3)),
+])
 def test_bad_sampling_parameters_are_refused(bad):
-    with pytest.raises(NevaValueError, match=next(iter(bad))):
+    with pytest.raises(NevaValueError, match=f"SamplingParams: '{next(iter(bad))}' must be"):
         SamplingParams(**bad)
+
+
+@pytest.mark.parametrize("bad", [dict(max_new_tokens=2.0), dict(max_new_tokens=True), dict(top_k=1.5),
+                                 dict(seed=1.0), dict(seed="1"), dict(temperature="0.5"), dict(ignore_eos=1)])
+def test_sampling_parameters_of_the_wrong_type_are_refused(bad):
+    with pytest.raises(NevaTypeError, match=f"SamplingParams: '{next(iter(bad))}' must be"):
+        SamplingParams(**bad)
+
+
+def test_a_str_stop_is_one_stop_string_and_seeds_span_torchs_range():
+    assert SamplingParams(stop="purple").stop == ("purple",)
+    assert SamplingParams(stop=["a", "bc"]).stop == ("a", "bc")
+    for seed in (0, 2**64 - 1):
+        SamplingParams(seed=seed).generator("cpu")
+
+
+def test_nan_logits_are_an_error_naming_the_rows():
+    logits = torch.randn(3, 7)
+    logits[2, 4] = float("nan")
+    for params in (SamplingParams(), SamplingParams(temperature=1.0, seed=0)):
+        with pytest.raises(NevaValueError, match=r"logits hold NaN in row\(s\) \[2\] \(of 3\)"):
+            sample(logits, [params] * 3, [None] * 3)
+    logits[2, 4] = -float("inf")  # a masked-out token is not an error
+    assert sample(logits, [SamplingParams()] * 3, [None] * 3).shape == (3,)
 
 
 def test_find_stop_finds_the_earliest_stop_string():

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import LlavaForConditionalGeneration
 
-from neva_model import Neva, NevaWeightsError, load_neva
+from neva_model import Neva, NevaConfigError, NevaWeightsError, load_neva
 
 from tests.model.tiny_llava import IMAGE_SIZE, PARITY_CASES, random_prompt, write_checkpoint
 
@@ -101,3 +101,107 @@ def test_llava_7b_preset_on_the_meta_device_has_the_checkpoints_parameter_count(
         model = Neva("llava-1.5-7b")
     assert all(p.is_meta for p in model.parameters())
     assert sum(p.numel() for p in model.parameters()) == 7_063_427_072
+
+
+def test_tied_config_with_a_different_lm_head_in_the_file_is_untied_and_matches_transformers(tmp_path):
+    hf = write_checkpoint(CASE, tmp_path)
+    head = torch.randn_like(hf.lm_head.weight)
+    _rewrite(tmp_path, lambda t: t.update({"language_model.lm_head.weight": head}))
+    with pytest.warns(UserWarning, match="untied"):
+        model = load_neva(tmp_path)
+    assert model.lm_head.weight is not model.language_model.embed_tokens.weight
+    assert torch.equal(model.lm_head.weight, head) and not model.config.tie_word_embeddings
+    # transformers, given the same file, unties as well and uses the file's lm_head
+    reference = LlavaForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    assert torch.equal(reference.lm_head.weight, head)
+    assert _logits_error(model, reference) <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def checkpoint_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("checkpoint")
+    write_checkpoint(CASE, directory)
+    return directory
+
+
+def _broken_copy(checkpoint_dir, tmp_path, name: str, content: bytes | str):
+    import shutil
+    broken = shutil.copytree(checkpoint_dir, tmp_path / "broken")
+    (broken / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    return broken
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("model.safetensors", "truncated", r"cannot read .*model\.safetensors: .*"),
+    ("model.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage", r"cannot read .*model\.safetensors"),
+    ("model.safetensors", b"", r"cannot read .*model\.safetensors"),
+    ("config.json", "{\"text_config\": ", r"cannot read .*config\.json: Expecting value"),
+    ("config.json", "[1, 2]", r"config\.json must hold a JSON object, got list"),
+    ("config.json", "\xff\xfe", r"cannot read .*config\.json"),
+    ("config.json", "[" * 100000 + "]" * 100000, r"cannot read .*config\.json"),
+    ("model.safetensors.index.json", "{\"weight_map\": ", r"cannot read .*model\.safetensors\.index\.json"),
+    ("model.safetensors.index.json", "{\"weight_map\": [\"model.safetensors\"]}", r"'weight_map' must be an object"),
+    ("model.safetensors.index.json", "{\"weight_map\": {\"a\": \"/etc/passwd\"}}", r"'/etc/passwd' must be a relative"),
+    ("model.safetensors.index.json", "{\"weight_map\": {\"a\": \"../checkpoint/model.safetensors\"}}",
+     r"'\.\./checkpoint/model\.safetensors' must be a relative path inside"),
+    ("model.safetensors.index.json", "{\"weight_map\": {\"a\": \"gone.safetensors\"}}",
+     r"'gone\.safetensors' does not exist"),
+])
+def test_unreadable_checkpoint_files_are_named(checkpoint_dir, tmp_path, name, content, message):
+    if content == "truncated":
+        content = (checkpoint_dir / name).read_bytes()[:-1000]
+    broken = _broken_copy(checkpoint_dir, tmp_path, name, content)
+    with pytest.raises((NevaConfigError, NevaWeightsError), match=message) as caught:
+        load_neva(broken)
+    assert str(broken) in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["text_config"].update(num_attention_heads=0), r"text_config: 'num_attention_heads' must be >= 1, got 0"),
+    (lambda c: c["text_config"].update(hidden_size=32.5), r"text_config: 'hidden_size' must be an int, got float"),
+    (lambda c: c["vision_config"].update(image_size=-4), r"vision_config: 'image_size' must be >= 1, got -4"),
+    (lambda c: c["text_config"].update(eos_token_id=96), r"eos_token_id must be token ids in \[0, vocab_size=96\)"),
+    (lambda c: c.update(text_config="llama"), r"text_config must be an object, got str"),
+    (lambda c: c["text_config"].update(rope_parameters=[1]), r"rope_parameters must be an object"),
+])
+def test_malformed_config_values_are_named_with_the_file(checkpoint_dir, tmp_path, edit, message):
+    config = json.loads((checkpoint_dir / "config.json").read_text())
+    edit(config)
+    broken = _broken_copy(checkpoint_dir, tmp_path, "config.json", json.dumps(config))
+    with pytest.raises(NevaConfigError, match=message) as caught:
+        load_neva(broken)
+    assert str(broken / "config.json") in str(caught.value)
+
+
+def test_a_huge_vocab_in_config_is_a_shape_error_before_any_allocation(checkpoint_dir, tmp_path):
+    config = json.loads((checkpoint_dir / "config.json").read_text())
+    config["text_config"]["vocab_size"] = 10**12  # 10^12 x 64 float32 rows: 256 TB if it were allocated
+    broken = _broken_copy(checkpoint_dir, tmp_path, "config.json", json.dumps(config))
+    with pytest.raises(NevaWeightsError, match=r"embed_tokens\.weight' has shape \[96, 64\], the model expects "
+                                               r"\[1000000000000, 64\]"):
+        load_neva(broken)
+
+
+def test_a_model_too_large_to_allocate_is_one_clear_error(checkpoint_dir, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 10 bytes\nmore")
+    monkeypatch.setattr(Neva, "to_empty", refuse)
+    with pytest.raises(NevaWeightsError, match=r"cannot allocate the model's [\d,]+ parameters in torch\.float32 "
+                                               r"\([\d.e+-]+ GiB\) on cpu: DefaultCPUAllocator: can't allocate"):
+        load_neva(checkpoint_dir)
+
+
+def test_a_non_float_tensor_is_refused(checkpoint_dir, tmp_path):
+    import shutil
+    broken = shutil.copytree(checkpoint_dir, tmp_path / "broken")
+    _rewrite(broken, lambda t: t.update({"multi_modal_projector.linear_1.weight":
+                                         t["multi_modal_projector.linear_1.weight"].to(torch.int32)}))
+    with pytest.raises(NevaWeightsError, match=r"'multi_modal_projector\.linear_1\.weight' has dtype I32"):
+        load_neva(broken)
+
+
+def test_model_dir_must_be_a_directory(checkpoint_dir, tmp_path):
+    with pytest.raises(NevaConfigError, match=r"model\.safetensors is a file, not a directory"):
+        load_neva(checkpoint_dir / "model.safetensors")
+    with pytest.raises(NevaConfigError, match=r"nowhere does not exist"):
+        load_neva(tmp_path / "nowhere")
