@@ -120,8 +120,9 @@ def test_allocator_arguments_are_checked(args, error, message):
     (dict(dtype=torch.int8), nk.NevaTypeError, "'dtype' must be a floating-point torch.dtype, got torch.int8"),
     (dict(dtype="float16"), nk.NevaTypeError, "'dtype' must be a floating-point torch.dtype, got 'float16'"),
     # 2^50 tokens per block: more bytes than any machine has, refused by the allocator at once
-    (dict(block_size=2**50), nk.NevaValueError, r"PagedKVCache: cannot allocate K and V pages of shape "
-                                                r"\[2, 3, 1125899906842624, 2, 8\] torch.float32 \([\d.e+]+ GiB\) on cpu"),
+    (dict(block_size=2**50), nk.NevaValueError,
+     r"PagedKVCache: cannot allocate K and V pages of shape \[2, 3, 1125899906842624, 2, 8\] torch.float32 "
+     r"\([\d.e+]+ GiB\) on cpu"),
     (dict(block_size=2**62), nk.NevaValueError, "PagedKVCache: cannot allocate"),  # the byte count overflows
 ])
 def test_cache_arguments_are_checked_and_allocation_failure_is_one_error(kwargs, error, message):

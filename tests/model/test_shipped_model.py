@@ -11,6 +11,7 @@ from PIL import Image
 import neva_kernels
 from neva_model import cli
 from neva_model.generate import Engine, Request
+from neva_model.image import preprocess_images
 from neva_model.sampling import SamplingParams
 from neva_model.tokenizer import load_tokenizer
 from neva_model.train import DEFAULT_CHECKPOINT, DEFAULT_EXAMPLES
@@ -169,7 +170,7 @@ def test_neva_ask_answers_about_a_bundled_example_as_the_engine_does(shipped, ca
     path, question = DEFAULT_EXAMPLES / name, items[-1]["question"]
     status = cli.main(["ask", "--model", str(DEFAULT_CHECKPOINT), "--image", str(path), question])
     out, err = capsys.readouterr()
-    expected = answer(model, tokenizer, [Asked(question, cli.preprocess_images(path, model.config.vision.image_size))])
+    expected = answer(model, tokenizer, [Asked(question, preprocess_images(path, model.config.vision.image_size))])
     assert status == 0 and out.strip() == expected[0].text
     assert "decode" in err  # the timing line
 

@@ -157,7 +157,8 @@ def test_unreadable_checkpoint_files_are_named(checkpoint_dir, tmp_path, name, c
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda c: c["text_config"].update(num_attention_heads=0), r"text_config: 'num_attention_heads' must be >= 1, got 0"),
+    (lambda c: c["text_config"].update(num_attention_heads=0),
+     r"text_config: 'num_attention_heads' must be >= 1, got 0"),
     (lambda c: c["text_config"].update(hidden_size=32.5), r"text_config: 'hidden_size' must be an int, got float"),
     (lambda c: c["vision_config"].update(image_size=-4), r"vision_config: 'image_size' must be >= 1, got -4"),
     (lambda c: c["text_config"].update(eos_token_id=96), r"eos_token_id must be token ids in \[0, vocab_size=96\)"),
