@@ -195,13 +195,22 @@ def test_cuda_without_a_gpu_is_refused(image_file, capsys):
 
 @pytest.mark.parametrize("extra, message", [
     (["--seed", str(2**64)], "SamplingParams: 'seed' must be in [0, 18446744073709551615], got 18446744073709551616"),
-    (["--block-size", str(2**50)], "PagedKVCache: cannot allocate K and V pages of shape [3, 1, 1125899906842624, 1"),
     (["--humor", "12"], "SteerLM attribute humor must be in 0..9, got 12"),
     (["--model", "/nonexistent/model"], "the model directory /nonexistent/model does not exist"),
     (["--image", "/nonexistent/photo.png"], "image file '/nonexistent/photo.png' does not exist"),
 ])
 def test_values_the_model_cannot_take_are_one_line_and_exit_1(image_file, capsys, extra, message):
     _fails(_ask(image_file, *extra), capsys, 1, message)
+
+
+def test_a_block_larger_than_the_context_is_refused_before_allocating(image_file, capsys, monkeypatch):
+    """Blocks of 2^50 tokens would ask for petabytes; past the context (512) a block is never filled anyway."""
+    _fails(_ask(image_file, "--block-size", str(2**50)), capsys, 2,
+           "argument --block-size: expected at most the model's context of 512 tokens, got 1125899906842624")
+    # A cache that cannot be allocated all the same is one line too.
+    from neva_kernels import paged_cache
+    monkeypatch.setattr(paged_cache.torch, "zeros", lambda *a, **k: torch.empty(2**62, dtype=torch.float64))
+    _fails(_ask(image_file), capsys, 1, "PagedKVCache: cannot allocate K and V pages of shape [3, ")
 
 
 def test_model_pointing_at_a_file_is_refused(image_file, capsys):
