@@ -47,6 +47,12 @@ def expect_finite(where: str, name: str, value, minimum: float | None = None, ma
     return value
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of `error`'s message (torch's allocator errors run on for lines), or its type's name."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 def _range_text(minimum, maximum, above_minimum: bool = False) -> str:
     low = "(" if above_minimum else "["
     if minimum is not None and maximum is not None:

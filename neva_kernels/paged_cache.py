@@ -11,7 +11,7 @@ from collections.abc import Hashable, Sequence
 
 import torch
 
-from .errors import NevaTypeError, NevaValueError, OutOfBlocksError, expect_int
+from .errors import NevaTypeError, NevaValueError, OutOfBlocksError, expect_int, first_line
 
 
 class BlockAllocator:
@@ -116,10 +116,10 @@ class PagedKVCache:
             self.v = torch.zeros(shape, dtype=dtype, device=device)
         except (RuntimeError, MemoryError) as error:  # torch's CPU and CUDA allocators raise RuntimeError subtypes
             gib = 2 * math.prod(shape) * dtype.itemsize / 2**30
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise NevaValueError(f"PagedKVCache: cannot allocate K and V pages of shape {list(shape)} {dtype} "
-                                 f"({gib:.3g} GiB) on {device or 'cpu'}: {reason}") from error
+                                 f"({gib:.3g} GiB) on {device or 'cpu'}: {first_line(error)}") from error
         self._layers = [(self.k[i], self.v[i]) for i in range(num_layers)]  # made once, not per layer per step
+
 
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(k_cache, v_cache) of one layer: contiguous [num_blocks, block_size, num_kv_heads, head_dim] views."""

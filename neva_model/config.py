@@ -165,8 +165,9 @@ def _check_fields(config, section: str, keys: dict[str, str]) -> None:
         try:
             if f.type in ("int", "int | None") and not (value is None and f.type == "int | None"):
                 expect_int(section, name, value, minimum=0 if f.name == "image_token_index" else 1)
-            elif f.type == "float":
-                expect_finite(section, name, value, minimum=0.0, above_minimum=True)
+            elif f.type == "float":  # stored as a float: a JSON 10000 and 10000.0 make equal configs
+                object.__setattr__(config, f.name, expect_finite(section, name, value, minimum=0.0,
+                                                                 above_minimum=True))
             elif f.type == "bool" and not isinstance(value, bool):
                 raise NevaTypeError(f"{section}: '{name}' must be true or false, got {value!r}")
         except (NevaTypeError, NevaValueError) as error:

@@ -19,6 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from neva_kernels import NevaValueError
+from neva_kernels.errors import first_line
 
 from .config import NevaConfigError, from_hf_config, read_json_object
 from .fused_linear import FusedLinear
@@ -208,7 +209,7 @@ def _materialize(model: Neva, device, dtype: torch.dtype) -> Neva:
         count = sum(p.numel() for p in model.parameters())
         raise NevaWeightsError(f"cannot allocate the model's {count:,} parameters in {dtype} "
                                f"({count * dtype.itemsize / 2**30:.3g} GiB) on {device}: "
-                               f"{str(error).strip().splitlines()[0]}") from error
+                               f"{first_line(error)}") from error
     model.tie_weights()  # to_empty gives every module its own tensor
     return model
 
