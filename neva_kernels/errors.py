@@ -2,6 +2,7 @@
 of plain int / float arguments that raise them."""
 from __future__ import annotations
 
+import math
 
 
 class NevaError(Exception):
@@ -41,7 +42,7 @@ def expect_finite(where: str, name: str, value, minimum: float | None = None, ma
         raise NevaTypeError(f"{where}: '{name}' must be a number, got {type(value).__name__} {value!r}")
     value = float(value)
     too_low = minimum is not None and (value <= minimum if above_minimum else value < minimum)
-    if value != value or value in (float("inf"), float("-inf")) or too_low or (maximum is not None and value > maximum):
+    if not math.isfinite(value) or too_low or (maximum is not None and value > maximum):
         bounds = _range_text(minimum, maximum, above_minimum)
         raise NevaValueError(f"{where}: '{name}' must be a finite number{' ' + bounds if bounds else ''}, got {value}")
     return value
