@@ -120,7 +120,6 @@ class PagedKVCache:
                                  f"({gib:.3g} GiB) on {device or 'cpu'}: {first_line(error)}") from error
         self._layers = [(self.k[i], self.v[i]) for i in range(num_layers)]  # made once, not per layer per step
 
-
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(k_cache, v_cache) of one layer: contiguous [num_blocks, block_size, num_kv_heads, head_dim] views."""
         return self._layers[index]
