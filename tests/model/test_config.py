@@ -101,7 +101,7 @@ def test_nemotron_text_config_with_transformers_defaults_and_its_own_keys():
     ({"model_type": "nemotron", "hidden_act": "swish"}, "hidden_act 'swish' is not supported for nemotron"),
     ({"model_type": "llama", "hidden_act": "relu2"}, "hidden_act 'relu2' is not supported for llama"),
     ({"model_type": "nemotron", "head_dim": 10, "partial_rotary_factor": 0.5}, "an even, non-zero number"),
-    ({"model_type": "nemotron", "partial_rotary_factor": 0.0}, "an even, non-zero number"),
+    ({"model_type": "nemotron", "partial_rotary_factor": 0.0}, "'partial_rotary_factor' must be a finite number > 0"),
 ])
 def test_unsupported_nemotron_settings_are_clear_errors(text, message):
     with pytest.raises(NevaConfigError, match=message):
