@@ -208,8 +208,13 @@ def test_a_block_larger_than_the_context_is_refused_before_allocating(image_file
     _fails(_ask(image_file, "--block-size", str(2**50)), capsys, 2,
            "argument --block-size: expected at most the model's context of 512 tokens, got 1125899906842624")
     # A cache that cannot be allocated all the same is one line too.
-    from neva_kernels import paged_cache
-    monkeypatch.setattr(paged_cache.torch, "zeros", lambda *a, **k: torch.empty(2**62, dtype=torch.float64))
+    zeros = torch.zeros
+
+    def refuse_pages(*args, **kwargs):  # the cache's 5-D page tensors only
+        if args and isinstance(args[0], tuple) and len(args[0]) == 5:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 10 bytes")
+        return zeros(*args, **kwargs)
+    monkeypatch.setattr(torch, "zeros", refuse_pages)
     _fails(_ask(image_file), capsys, 1, "PagedKVCache: cannot allocate K and V pages of shape [3, ")
 
 
