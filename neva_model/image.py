@@ -13,7 +13,6 @@ float) are rescaled to 8 bits, which PIL's own conversion would clip (a 16-bit p
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -37,13 +36,6 @@ ImageInput = str | os.PathLike | Image.Image | torch.Tensor
 
 class NevaImageError(NevaError, ValueError):
     """An image file is missing, unreadable or corrupt; the message names the file and the cause."""
-
-
-def checkpoint_image_stats(model_dir: str | os.PathLike) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Mean and std from the checkpoint's preprocessor_config.json when it has one, else CLIP's."""
-    path = Path(model_dir) / "preprocessor_config.json"
-    config = json.loads(path.read_text()) if path.is_file() else {}
-    return tuple(config.get("image_mean", CLIP_MEAN)), tuple(config.get("image_std", CLIP_STD))
 
 
 def preprocess_images(

@@ -25,7 +25,8 @@ from packaging.requirements import Requirement
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("neva_kernels", "neva_model")
 # Imported only when present, each behind a check: triton by neva_kernels/triton_kernels/__init__.py (the backend
-# is then reported missing), transformers for sentencepiece tokenizers (the error names the extra to install).
+# is then reported missing), transformers for sentencepiece tokenizers (the error names the extra to install) and
+# in neva_kernels/integrations (imported by whoever integrates with transformers).
 OPTIONAL = {"triton": "triton", "transformers": "sentencepiece"}
 
 
