@@ -11,6 +11,7 @@ below), since importing neva_kernels already reads NEVA_KERNELS_BACKEND and refu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -160,16 +161,12 @@ def _load(args):
     """The model and tokenizer of --model on the device and dtype asked for (the backend set first)."""
     import torch
 
-    import neva_kernels
-
     from .config import NevaConfigError
     from .tokenizer import load_tokenizer
     from .weights import DTYPES, load_neva
 
     device = args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    if args.backend:
-        neva_kernels.set_backend(args.backend)
     model, tokenizer = load_neva(args.model, dtype=dtype, device=device), load_tokenizer(args.model)
     config = model.config
     context = config.text.max_position_embeddings
@@ -265,7 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     """`neva`: runs one command; every failure becomes one line on stderr and a non-zero exit status."""
     try:
         args = _parser().parse_args(argv)
-        {"ask": ask, "serve": serve}[args.command](args)
+        import neva_kernels
+
+        # Scoped: a caller of main() (tests, a notebook) keeps its own backend setting afterwards.
+        backend = getattr(args, "backend", None)
+        with neva_kernels.use_backend(backend) if backend else contextlib.nullcontext():
+            {"ask": ask, "serve": serve}[args.command](args)
         return 0
     except KeyboardInterrupt:
         print("neva: interrupted", file=sys.stderr)
