@@ -23,7 +23,7 @@ from .export import save_checkpoint
 from .initialize import initialize
 from .neva_stages import neva_finetune, neva_pretrain, pool_features, pretrain_language_model
 from .pool import ScenePool
-from .recipe import Recipe, model_config
+from .recipe import MAX_POSITIONS, Recipe, model_config
 from .vocabulary import BOS, PAD, save_tokenizer, task_corpus, train_tokenizer
 
 log = logging.getLogger("neva_model.train")
@@ -48,7 +48,7 @@ def train(recipe: Recipe, out: Path) -> tuple[Neva, dict]:
     """Every stage in order; returns the model and the report (losses, held-out accuracy per question type)."""
     seed = recipe.seed
     torch.manual_seed(seed)
-    tokenizer = save_tokenizer(train_tokenizer(task_corpus(seed)), out, model_config(0).text.max_position_embeddings)
+    tokenizer = save_tokenizer(train_tokenizer(task_corpus(seed)), out, MAX_POSITIONS)
     model = initialize(Neva(model_config(tokenizer.vocab_size)))
     pool = ScenePool.generate(recipe.train_scenes, seed * 100 + 1)
     losses = {"clip": pretrain_vision_tower(model.vision_tower, tokenizer, recipe.clip, seed * 100 + 2)}

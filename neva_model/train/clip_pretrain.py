@@ -56,7 +56,7 @@ class PictureEncoder(nn.Module):
     def __init__(self, tower: VisionTower, embed_dim: int = 64):
         super().__init__()
         self.tower = tower
-        self.projection = nn.Linear(tower.post_layernorm.normalized_shape[0], embed_dim, bias=False)
+        self.projection = nn.Linear(tower.config.hidden_size, embed_dim, bias=False)
 
     def forward(self, pixels: Tensor) -> Tensor:
         last = self.tower(pixels, (-1,))[0]

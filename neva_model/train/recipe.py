@@ -41,7 +41,11 @@ VISION = VisionConfig(hidden_size=128, intermediate_size=256, num_layers=3, num_
                       patch_size=10)
 
 
+# The context (prompt + answer) of the trained model; the tokenizer's max length too.
+MAX_POSITIONS = 512
+
+
 def model_config(vocab_size: int) -> NevaConfig:
     text = TextConfig(vocab_size=vocab_size, hidden_size=128, intermediate_size=352, num_layers=3, num_heads=2,
-                      num_kv_heads=1, head_dim=64, max_position_embeddings=512, eos_token_id=EOS)
+                      num_kv_heads=1, head_dim=64, max_position_embeddings=MAX_POSITIONS, eos_token_id=EOS)
     return NevaConfig(vision=VISION, text=text, image_token_index=IMAGE)
