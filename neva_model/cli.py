@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import math
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -53,6 +54,32 @@ def _finite(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    value = _finite(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return value
+
+
+# Decimal (SI) and binary units: a GPU sold as "80 GB" has 80 GiB, of which the driver keeps a little.
+_BYTE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+               "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+_SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]+)\s*")
+
+
+def _memory_size(text: str) -> int:
+    """'80GB', '79.6 GiB', '141gb' -> bytes (> 0); a bare number is refused: its unit would be a guess."""
+    match = _SIZE.fullmatch(text)
+    factor = {u.lower(): f for u, f in _BYTE_UNITS.items()}.get(match[2].lower()) if match else None
+    if factor is None or not math.isfinite(float(match[1])):
+        raise argparse.ArgumentTypeError(f"expected a size such as 80GB or 80GiB (units: {', '.join(_BYTE_UNITS)}), "
+                                         f"got {text!r}")
+    size = int(float(match[1]) * factor)
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive size, got {text!r}")
+    return size
+
+
 def _utf8(text: str) -> str:
     """Text from the command line; bytes that are not UTF-8 arrive as lone surrogates (PEP 383) and are refused."""
     try:
@@ -84,8 +111,10 @@ def _device(text: str):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .plan import WEIGHT_DTYPES
     from .prompts import STEERLM_ATTRIBUTE_ORDER
     from .server.images import ImageLimits
+    from .sizing import DTYPE_BYTES
 
     parser = _Parser(prog="neva", description="NeVA visual question answering on neva_kernels")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -125,6 +154,24 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-image-pixels", type=int, default=ImageLimits.max_pixels)
     serve.add_argument("--shutdown-timeout", type=float, default=30.0,
                        help="seconds in-flight requests get to finish after SIGTERM before they are aborted")
+
+    plan = commands.add_parser("plan", help="per-GPU memory of a model split by tensor parallelism over N GPUs "
+                                            "(sizes computed from its configuration; nothing is loaded)")
+    plan.add_argument("--model", required=True,
+                      help="a preset (e.g. neva-43b-class-nemotron) or a llava-hf checkpoint directory, of which "
+                           "only config.json is read (./NAME for a directory named as a preset)")
+    plan.add_argument("--gpus", type=_int_at_least(1), nargs="+", required=True,
+                      help="tensor-parallel GPU counts, one table row each (e.g. 1 2 4)")
+    plan.add_argument("--gpu-memory", type=_memory_size, required=True, help="memory of one GPU, e.g. 80GB or 80GiB")
+    plan.add_argument("--dtype", choices=WEIGHT_DTYPES, default="bf16", help="of the weights")
+    plan.add_argument("--kv-dtype", choices=tuple(DTYPE_BYTES),
+                      help="of the KV cache (default: --dtype; fp8 is a what-if: neva's cache holds the weights' "
+                           "dtype)")
+    plan.add_argument("--reserve", type=_fraction, default=0.1,
+                      help="fraction of each GPU kept for the CUDA context, activations and workspaces")
+    plan.add_argument("--block-size", type=_int_at_least(1), default=16, help="tokens per KV-cache block")
+    plan.add_argument("--max-seq-len", type=_int_at_least(1),
+                      help="the sequence the KV cache must hold at least once to fit (default: the model's context)")
     return parser
 
 
@@ -231,6 +278,34 @@ def serve(args) -> None:
     serve(served, args.served_model_name or args.model.resolve().name, args.host, args.port, args.shutdown_timeout)
 
 
+def plan(args) -> None:
+    from neva_kernels import NevaValueError
+
+    from .config import PRESETS, from_hf_config
+    from .plan import format_plan, plan_gpus, split_heads
+
+    if args.model in PRESETS:
+        config = PRESETS[args.model]
+    elif Path(args.model).exists():
+        config = from_hf_config(Path(args.model))
+    else:
+        raise UsageError(f"argument --model: expected a preset ({', '.join(PRESETS)}) or a checkpoint directory, "
+                         f"got {args.model!r}, neither")
+    context = config.text.max_position_embeddings
+    if args.max_seq_len is not None and args.max_seq_len > context:
+        raise UsageError(f"argument --max-seq-len: expected at most the model's context of {context} tokens, got "
+                         f"{args.max_seq_len}")
+    for gpus in args.gpus:  # every count checked before any is planned
+        try:
+            split_heads(config.text, gpus)
+        except NevaValueError as error:
+            raise UsageError(f"argument --gpus: {error}") from None
+    kv_dtype = args.kv_dtype or args.dtype
+    plans = plan_gpus(config, args.gpus, args.gpu_memory, args.dtype, kv_dtype, args.reserve, args.block_size,
+                      args.max_seq_len)
+    _write(format_plan(args.model, plans, args.dtype, kv_dtype, args.reserve))
+
+
 def _write(text: str, end: str = "\n") -> None:
     """Print the answer and flush at once: a closed pipe or a full disk fails here, not unseen at exit."""
     try:
@@ -267,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         # Scoped: a caller of main() (tests, a notebook) keeps its own backend setting afterwards.
         backend = getattr(args, "backend", None)
         with neva_kernels.use_backend(backend) if backend else contextlib.nullcontext():
-            {"ask": ask, "serve": serve}[args.command](args)
+            {"ask": ask, "serve": serve, "plan": plan}[args.command](args)
         return 0
     except KeyboardInterrupt:
         print("neva: interrupted", file=sys.stderr)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import NEVA_PRESETS, NevaConfig
+from .config import NEVA_PRESETS, NevaConfig, TextConfig
 from .model import Neva
 
 # Bytes per element of the weight / KV cache formats reported.
@@ -22,19 +22,25 @@ class SizeReport:
     kv_bytes_per_token: dict[str, int]  # K and V of every layer for one token, per dtype of DTYPE_BYTES
 
 
-def parameter_count(config: NevaConfig) -> int:
-    """Parameters of Neva(config), instantiated on the meta device (no memory is allocated)."""
+def meta_model(config: NevaConfig) -> Neva:
+    """Neva(config) on the meta device: every parameter's shape, no memory allocated."""
     with torch.device("meta"):
-        model = Neva(config)
-    return sum(p.numel() for p in model.parameters())
+        return Neva(config)
+
+
+def parameter_count(config: NevaConfig) -> int:
+    return sum(p.numel() for p in meta_model(config).parameters())
+
+
+def kv_bytes_per_token(text: TextConfig, dtype: str, kv_heads: int | None = None) -> int:
+    """K and V of every layer for one token, over `kv_heads` heads (default: all of the model's)."""
+    return 2 * text.num_layers * (kv_heads or text.num_kv_heads) * text.attention_head_dim * DTYPE_BYTES[dtype]
 
 
 def size_report(config: NevaConfig) -> SizeReport:
-    text = config.text
     parameters = parameter_count(config)
-    kv_elements = 2 * text.num_layers * text.num_kv_heads * text.attention_head_dim
     return SizeReport(parameters, {d: parameters * b for d, b in DTYPE_BYTES.items()},
-                      {d: kv_elements * b for d, b in DTYPE_BYTES.items()})
+                      {d: kv_bytes_per_token(config.text, d) for d in DTYPE_BYTES})
 
 
 def format_table(names: list[str]) -> str:

@@ -20,6 +20,7 @@ from neva_model.image import preprocess_images
 from neva_model.prompts import SteerLMAttributes, build_prompt
 from neva_model.tokenizer import load_tokenizer
 
+from tests.model.cli_checks import fails as _fails
 from tests.model.tiny_llava import IMAGE_SIZE, PARITY_CASES, write_checkpoint
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -143,14 +144,6 @@ def test_streamed_answer_is_the_answer_and_never_prints_the_stop_string(capsys):
 
 
 # ---- every failure: one line `neva: error: ...`, a non-zero exit, no traceback --------------------------------
-
-def _fails(argv, capsys, status: int, message: str) -> str:
-    assert main(argv) == status
-    out, err = capsys.readouterr()
-    assert out == "" and err.count("\n") == 1 and err.startswith("neva: error: "), err
-    assert message in err, err
-    return err
-
 
 def _ask(image_file, *extra):
     return ["ask", "--image", str(image_file), "How many shapes are there?", *extra]
