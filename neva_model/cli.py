@@ -155,23 +155,23 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--shutdown-timeout", type=float, default=30.0,
                        help="seconds in-flight requests get to finish after SIGTERM before they are aborted")
 
-    plan = commands.add_parser("plan", help="per-GPU memory of a model split by tensor parallelism over N GPUs "
-                                            "(sizes computed from its configuration; nothing is loaded)")
-    plan.add_argument("--model", required=True,
-                      help="a preset (e.g. neva-43b-class-nemotron) or a llava-hf checkpoint directory, of which "
-                           "only config.json is read (./NAME for a directory named as a preset)")
-    plan.add_argument("--gpus", type=_int_at_least(1), nargs="+", required=True,
-                      help="tensor-parallel GPU counts, one table row each (e.g. 1 2 4)")
-    plan.add_argument("--gpu-memory", type=_memory_size, required=True, help="memory of one GPU, e.g. 80GB or 80GiB")
-    plan.add_argument("--dtype", choices=WEIGHT_DTYPES, default="bf16", help="of the weights")
-    plan.add_argument("--kv-dtype", choices=tuple(DTYPE_BYTES),
-                      help="of the KV cache (default: --dtype; fp8 is a what-if: neva's cache holds the weights' "
-                           "dtype)")
-    plan.add_argument("--reserve", type=_fraction, default=0.1,
-                      help="fraction of each GPU kept for the CUDA context, activations and workspaces")
-    plan.add_argument("--block-size", type=_int_at_least(1), default=16, help="tokens per KV-cache block")
-    plan.add_argument("--max-seq-len", type=_int_at_least(1),
-                      help="the sequence the KV cache must hold at least once to fit (default: the model's context)")
+    planner = commands.add_parser("plan", help="per-GPU memory of a model split by tensor parallelism over N GPUs "
+                                               "(sizes computed from its configuration; nothing is loaded)")
+    planner.add_argument("--model", required=True,
+                         help="a preset (e.g. neva-43b-class-nemotron) or a llava-hf checkpoint directory, of which "
+                              "only config.json is read (./NAME for a directory named as a preset)")
+    planner.add_argument("--gpus", type=_int_at_least(1), nargs="+", required=True,
+                         help="tensor-parallel GPU counts, one table row each (e.g. 1 2 4)")
+    planner.add_argument("--gpu-memory", type=_memory_size, required=True, help="memory of one GPU, e.g. 80GB or 80GiB")
+    planner.add_argument("--dtype", choices=WEIGHT_DTYPES, default="bf16", help="of the weights")
+    planner.add_argument("--kv-dtype", choices=tuple(DTYPE_BYTES),
+                         help="of the KV cache (default: --dtype; fp8 is a what-if: neva's cache holds the weights' "
+                              "dtype)")
+    planner.add_argument("--reserve", type=_fraction, default=0.1,
+                         help="fraction of each GPU kept for the CUDA context, activations and workspaces")
+    planner.add_argument("--block-size", type=_int_at_least(1), default=16, help="tokens per KV-cache block")
+    planner.add_argument("--max-seq-len", type=_int_at_least(1),
+                         help="the sequence the KV cache must hold at least once to fit (default: the model's context)")
     return parser
 
 
@@ -290,7 +290,7 @@ def plan(args) -> None:
         config = from_hf_config(Path(args.model))
     else:
         raise UsageError(f"argument --model: expected a preset ({', '.join(PRESETS)}) or a checkpoint directory, "
-                         f"got {args.model!r}, neither")
+                         f"got {args.model!r} (no such preset, file or directory)")
     context = config.text.max_position_embeddings
     if args.max_seq_len is not None and args.max_seq_len > context:
         raise UsageError(f"argument --max-seq-len: expected at most the model's context of {context} tokens, got "

@@ -3,6 +3,7 @@ the shapes written out by hand; the KV cache left beside them; every bad argumen
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -196,3 +197,15 @@ def test_a_parameter_without_a_split_rule_is_an_error_not_a_guess():
     model.language_model.layers[1].adapter = torch.nn.Linear(4, 4, device="meta")
     with pytest.raises(ValueError, match="no tensor-parallel rule for parameter 'language_model.layers.1.adapter.w"):
         weight_shares(model, split_heads(TINY.text, 2))
+
+
+def test_the_readme_table_is_what_the_command_prints(capsys):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    documented = [line for line in readme.splitlines() if line.startswith("| neva-")]
+    printed = []
+    for preset in ("neva-8b-nemotron", "neva-22b-class-nemotron", "neva-43b-class-nemotron"):
+        argv = ["plan", "--model", preset, "--gpus", "1", "2", "4", "--gpu-memory", "80GB", "--dtype", "bf16"]
+        assert main(argv) == 0
+        rows = [line for line in capsys.readouterr().out.splitlines() if line[:3] in ("| 1", "| 2", "| 4")]
+        printed += [f"| {preset} {row}" for row in rows]
+    assert len(documented) == 9 and documented == printed
