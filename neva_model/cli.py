@@ -204,6 +204,15 @@ def timing_line(t) -> str:
             f"{t.decode_tokens_per_s:.1f} tokens/s")
 
 
+def _process_device(args):
+    """--device, by default cuda when available, else cpu; under torchrun on CUDA, cuda:LOCAL_RANK."""
+    import torch
+
+    from .parallel.launch import process_device
+
+    return process_device(args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def _load(args):
     """The model and tokenizer of --model on the device and dtype asked for (the backend set first)."""
     import torch
@@ -212,9 +221,10 @@ def _load(args):
     from .tokenizer import load_tokenizer
     from .weights import DTYPES, load_neva
 
-    device = args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = _process_device(args)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    model, tokenizer = load_neva(args.model, dtype=dtype, device=device), load_tokenizer(args.model)
+    model = load_neva(args.model, dtype=dtype, device=device, tensor_parallel=args.tensor_parallel)
+    tokenizer = load_tokenizer(args.model)
     config = model.config
     context = config.text.max_position_embeddings
     if args.block_size > context:  # a block past the whole context is never filled, only allocated
@@ -237,28 +247,36 @@ def ask(args) -> str:
 
     if sys.stdout is None:  # started with stdout closed: print() would drop the answer without a word
         raise OSError("stdout is closed: there is nowhere to write the answer")
-    model, tokenizer = _load(args)
-    config = model.config
-    images = preprocess_images(args.image, config.vision.image_size, *checkpoint_image_stats(args.model))
-    prompt = build_prompt(args.question, steerlm=_steerlm(args), system=args.system, num_images=len(args.image))
-    ids = model_input_ids(tokenizer, prompt, config, len(args.image))
-    room = config.text.max_position_embeddings - len(ids)
-    if room < 1:
-        raise NevaConfigError(f"the prompt takes {len(ids)} tokens, the model's context only "
-                              f"{config.text.max_position_embeddings}")
-    # As any generator, stop at the end of the model's context rather than refuse the question.
-    max_new_tokens = min(args.max_new_tokens, room)
-    sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                              top_p=args.top_p, seed=args.seed, stop=tuple(args.stop), ignore_eos=args.ignore_eos)
-    engine = Engine(model, max_batch_size=1, block_size=args.block_size, cuda_graph=args.cuda_graph,
-                    max_seq_len=len(ids) + max_new_tokens, detokenize=tokenizer.decode_generated)
+    tp = args.tensor_parallel
+    # Under torchrun every rank gets here with the same arguments; a failure on any (a shard it cannot read, say)
+    # becomes a failure on all of them, before the first collective of generation could wait for it forever.
+    with tp.all_or_none(_message) if tp is not None else contextlib.nullcontext():
+        model, tokenizer = _load(args)
+        config = model.config
+        images = preprocess_images(args.image, config.vision.image_size, *checkpoint_image_stats(args.model))
+        prompt = build_prompt(args.question, steerlm=_steerlm(args), system=args.system,
+                              num_images=len(args.image))
+        ids = model_input_ids(tokenizer, prompt, config, len(args.image))
+        room = config.text.max_position_embeddings - len(ids)
+        if room < 1:
+            raise NevaConfigError(f"the prompt takes {len(ids)} tokens, the model's context only "
+                                  f"{config.text.max_position_embeddings}")
+        # As any generator, stop at the end of the model's context rather than refuse the question.
+        max_new_tokens = min(args.max_new_tokens, room)
+        sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                                  top_p=args.top_p, seed=args.seed, stop=tuple(args.stop),
+                                  ignore_eos=args.ignore_eos)
+        engine = Engine(model, max_batch_size=1, block_size=args.block_size, cuda_graph=args.cuda_graph,
+                        max_seq_len=len(ids) + max_new_tokens, detokenize=tokenizer.decode_generated)
+    prints = tp is None or tp.rank == 0  # every rank computes the answer, one prints it
 
     def stream(_, output) -> None:  # output: a StepOutput, its text the newly final part of the answer
         _write(output.text, end="")
 
-    completion = engine.generate([Request(ids, images, sampling)], stream if args.stream else None)[0]
-    _write("" if args.stream else completion.text)
-    print(timing_line(engine.timings), file=sys.stderr)
+    completion = engine.generate([Request(ids, images, sampling)], stream if args.stream and prints else None)[0]
+    if prints:
+        _write("" if args.stream else completion.text)
+        print(timing_line(engine.timings), file=sys.stderr)
     return completion.text
 
 
@@ -333,15 +351,35 @@ def _drop_unwritable_stdout() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+def _message(error: Exception) -> str:
+    """The one line a user sees for `error` (after "neva: error: ")."""
+    message = str(error) if _is_neva_error(error) else f"internal error, {type(error).__name__}: {error}"
+    return " ".join(message.split())
+
+
+def _reported_by_rank_0(error: Exception) -> bool:
+    """Under torchrun a failure all ranks agreed on is printed once, by rank 0."""
+    collectives = sys.modules.get("neva_model.parallel.collectives")
+    agreed = collectives is not None and isinstance(error, collectives.TensorParallelError)
+    return agreed and os.environ.get("RANK", "0") != "0"
+
+
 def main(argv: list[str] | None = None) -> int:
     """`neva`: runs one command; every failure becomes one line on stderr and a non-zero exit status."""
     try:
         args = _parser().parse_args(argv)
         import neva_kernels
 
+        from .parallel.launch import process_group, world_size
+
+        if args.command != "ask" and world_size() > 1:
+            raise UsageError(f"neva {args.command} runs in one process, not under torchrun "
+                             f"(WORLD_SIZE={world_size()}); tensor parallelism is for neva ask")
         # Scoped: a caller of main() (tests, a notebook) keeps its own backend setting afterwards.
         backend = getattr(args, "backend", None)
-        with neva_kernels.use_backend(backend) if backend else contextlib.nullcontext():
+        with neva_kernels.use_backend(backend) if backend else contextlib.nullcontext(), \
+                process_group(_process_device(args)) if args.command == "ask" else contextlib.nullcontext() \
+                as args.tensor_parallel:
             {"ask": ask, "serve": serve, "plan": plan}[args.command](args)
         return 0
     except KeyboardInterrupt:
@@ -350,8 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # the one boundary: nothing below prints a traceback to a user
         if os.environ.get("NEVA_DEBUG") == "1":
             traceback.print_exc()
-        message = str(error) if _is_neva_error(error) else f"internal error, {type(error).__name__}: {error}"
-        print(f"neva: error: {' '.join(message.split())}", file=sys.stderr)
+        if not _reported_by_rank_0(error):
+            print(f"neva: error: {_message(error)}", file=sys.stderr)
         _drop_unwritable_stdout()
         return 2 if isinstance(error, UsageError) else 1
 

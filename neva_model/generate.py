@@ -11,6 +11,10 @@ batch (flash_attention with cu_seqlens, K/V written by append_kv_cache). Every d
 at once on fixed-shape tensors (idle slots have seq_len 0 and write nowhere), so a request joins the running
 batch without a recompile and the step can be captured in a CUDA graph. Greedy answers do not depend on what
 else is in the batch. A finished sequence frees its slot and its blocks at once.
+
+Under tensor parallelism (neva_model.parallel) every rank runs its own Engine, given the same requests in the same
+order. Admission and block allocation depend only on those requests and on the sampled tokens, which are rank 0's
+on every rank (`_sample`), so every rank makes the same scheduling decisions without exchanging them.
 """
 from __future__ import annotations
 
@@ -136,7 +140,8 @@ class Engine:
         self.eos_token_ids = set(eos)
         width = -(-max_seq_len // block_size)
         self.cache = PagedKVCache(text.num_layers, num_blocks or max_batch_size * width, block_size,
-                                  text.num_kv_heads, text.attention_head_dim, model.lm_head.weight.dtype, self.device)
+                                  model.kv_heads_per_process, text.attention_head_dim, model.lm_head.weight.dtype,
+                                  self.device)
         self.slots: list[_Sequence | None] = [None] * max_batch_size
         self._waiting: deque[_Sequence] = deque()
         self._live: dict[int, _Sequence] = {}  # waiting and running, by request id
@@ -148,8 +153,8 @@ class Engine:
             new(max_batch_size)
         self.step_block_tables = new(max_batch_size, width, dtype=torch.int32)
         self.step_seq_lens = new(max_batch_size, dtype=torch.int32)
-        if cuda_graph is None:
-            cuda_graph = self.device.type == "cuda"
+        if cuda_graph is None:  # (not yet with tensor parallelism: collectives inside captured graphs are untried)
+            cuda_graph = self.device.type == "cuda" and model.tensor_parallel is None
         self.graphs = DecodeGraphs(self.decode_forward, max_batch_size, self.device) if cuda_graph else None
 
     @property
@@ -304,9 +309,9 @@ class Engine:
             batch.slot_mapping = torch.tensor(slots, device=self.device)
             hidden = self.model.language_model(embeds, batch, self.cache)
             logits = self.model.lm_head(hidden[batch.cu_seqlens[1:].long() - 1])
-            tokens = sample(logits, [s.request.sampling for s in sequences], [s.generator for s in sequences])
+            tokens = self._sample(logits, sequences)
         self.timings.prefill_tokens += len(ids)
-        self._accept(sequences, tokens.tolist(), outputs)
+        self._accept(sequences, tokens, outputs)
 
     def decode_forward(self, rows: int | None = None) -> Tensor:
         """Logits [rows, vocab] of one decode step over the first `rows` slots (default all), from the step_*
@@ -339,10 +344,15 @@ class Engine:
             span = active[-1][0] + 1  # the step runs the slots up to the last occupied one
             logits = self.graphs.run(span) if self.graphs else self.decode_forward(span)
             sequences = [s for _, s in active]
-            new = sample(logits[[i for i, _ in active]], [s.request.sampling for s in sequences],
-                         [s.generator for s in sequences]).tolist()
+            new = self._sample(logits[[i for i, _ in active]], sequences)
         self.timings.decode_tokens += len(active)
         self._accept(sequences, new, outputs)
+
+    def _sample(self, logits: Tensor, sequences: list[_Sequence]) -> list[int]:
+        tokens = sample(logits, [s.request.sampling for s in sequences], [s.generator for s in sequences])
+        if self.model.tensor_parallel is not None:  # rank 0's draw everywhere (unseeded draws differ per process)
+            tokens = self.model.tensor_parallel.broadcast(tokens)
+        return tokens.tolist()
 
     # ---- bookkeeping ------------------------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ class Neva(nn.Module):
     Module names follow llava-hf's checkpoints (vision_tower, multi_modal_projector, language_model, lm_head),
     so that weights load by name (neva_model.weights).
     """
+    tensor_parallel = None  # this rank's neva_model.parallel.TensorParallel once shard_neva split the decoder
 
     def __init__(self, config: NevaConfig | str = "tiny"):
         super().__init__()
@@ -62,6 +63,11 @@ class Neva(nn.Module):
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.language_model.embed_tokens.weight
+
+    @property
+    def kv_heads_per_process(self) -> int:
+        """The K/V heads this process computes and caches: all of them, or its share under tensor parallelism."""
+        return self.language_model.layers[0].self_attn.num_kv_heads
 
     def image_features(self, pixel_values: Tensor) -> Tensor:
         """pixel_values [images, 3, S, S] -> vision features [images, tokens_per_image, hidden * feature layers]."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -24,6 +25,7 @@ from neva_kernels.errors import first_line
 from .config import NevaConfigError, from_hf_config, read_json_object
 from .fused_linear import FusedLinear
 from .model import Neva
+from .parallel import Layout, ShardMap, TensorParallel, shard_neva
 
 
 class NevaWeightsError(NevaValueError):
@@ -120,8 +122,8 @@ def checkpoint_dtype(model_dir: Path) -> torch.dtype:
 class _Filler:
     """Copies checkpoint tensors into the model's (possibly fused) parameters and remembers what was filled."""
 
-    def __init__(self, model: Neva):
-        self.model = model
+    def __init__(self, model: Neva, shards: ShardMap):
+        self.model, self.shards = model, shards
         self.tensors = dict(model.named_parameters(remove_duplicate=False))
         self.expected = {name: [None] for name in self.tensors}  # name -> parts still to fill
         for module_name, module in model.named_modules():
@@ -142,8 +144,10 @@ class _Filler:
             return fused, part
         return name, None
 
-    def fill(self, checkpoint_name: str, tensor: torch.Tensor) -> None:
-        """Copy `tensor` into its model tensor; a meta-device model only checks that it fits."""
+    def fill(self, checkpoint_name: str, shape: list[int], read: Callable[[tuple | None], torch.Tensor] | None = None
+             ) -> None:
+        """Copy the checkpoint tensor of `shape` into its model tensor: read(index) reads the slice this process
+        holds (index None: all of it). Without `read` (or on a meta-device model) it only checks that it fits."""
         name, part = self.target(checkpoint_name)
         if name not in self.tensors:
             raise NevaWeightsError(f"unexpected tensor '{checkpoint_name}' in the checkpoint (no model tensor "
@@ -151,16 +155,21 @@ class _Filler:
         destination = self.tensors[name]
         if part is not None:
             destination = destination[self.model.get_submodule(name.rsplit(".", 1)[0]).part_rows(part)]
-        if tuple(tensor.shape) != tuple(destination.shape):
-            raise NevaWeightsError(f"tensor '{checkpoint_name}' has shape {list(tensor.shape)}, the model expects "
-                                   f"{list(destination.shape)} (check config.json)")
+        shard = self.shards.get((name, part))
+        expected = list(destination.shape) if shard is None else shard.full_shape(destination.shape)
+        if list(shape) != expected:
+            raise NevaWeightsError(f"tensor '{checkpoint_name}' has shape {list(shape)}, the model expects "
+                                   f"{expected} (check config.json)")
         remaining = self.expected.get(name, [])
         if part not in remaining:
             raise NevaWeightsError(f"tensor '{checkpoint_name}' appears twice in the checkpoint")
         remaining.remove(part)
-        if not destination.is_meta:
+        if read is not None and not destination.is_meta:
             with torch.no_grad():
-                destination.copy_(tensor)
+                if shard is None:
+                    destination.copy_(read(None))
+                else:
+                    shard.copy_into(destination, read(shard.index()))
 
     def check_complete(self) -> None:
         missing = [name if parts == [None] else f"{name} ({', '.join(parts)})"
@@ -170,32 +179,39 @@ class _Filler:
                                    + (" ..." if len(missing) > 8 else ""))
 
 
-def load_neva(model_dir: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> Neva:
+def load_neva(model_dir: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+              tensor_parallel: TensorParallel | None = None) -> Neva:
     """A Neva with the weights of the llava-hf checkpoint in model_dir, in `dtype` (default: the checkpoint's)
-    on `device`, in eval mode."""
+    on `device`, in eval mode. With `tensor_parallel`, this rank's share of the decoder (neva_model.parallel):
+    only its slice of each split tensor is read from the files."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise NevaConfigError(f"the model directory {model_dir} "
                               f"{'is a file, not a directory' if model_dir.exists() else 'does not exist'}")
     config = from_hf_config(model_dir)
+    if tensor_parallel is not None:  # a model the ranks cannot split is refused before any file is read further
+        Layout.of(config.text, tensor_parallel.rank, tensor_parallel.world_size)
     dtype = dtype or checkpoint_dtype(model_dir)
     shapes = checkpoint_shapes(model_dir)
     # Tied embeddings, yet the file holds an lm_head too: load it untied and tie again only if the two agree.
     tied_with_head = config.tie_word_embeddings and any(model_name(n) == "lm_head.weight" for n in shapes)
     with torch.device("meta"):
         model = Neva(replace(config, tie_word_embeddings=False) if tied_with_head else config).to(dtype)
-    dry_run = _Filler(model)  # every name and shape checked before the device holds a byte
+    shards = shard_neva(model, tensor_parallel) if tensor_parallel is not None else {}
+    dry_run = _Filler(model, shards)  # every name and shape checked before the device holds a byte
     for name, shape in shapes.items():
         if not _IGNORED.search(name):
-            dry_run.fill(name, torch.empty(shape, device="meta"))
+            dry_run.fill(name, shape)
     dry_run.check_complete()
     model = _materialize(model, device, dtype)
-    filler = _Filler(model)
+    filler = _Filler(model, shards)
     for path in shard_files(model_dir):
         with _open_shard(path) as shard:
             for name in shard.keys():
                 if not _IGNORED.search(name):
-                    filler.fill(name, shard.get_tensor(name))
+                    view = shard.get_slice(name)  # reads nothing until indexed
+                    filler.fill(name, view.get_shape(), lambda index, shard=shard, name=name, view=view:
+                                shard.get_tensor(name) if index is None else view[index])
     if tied_with_head:
         _tie_if_equal(model, config)
     return model.eval()
