@@ -15,6 +15,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from neva_kernels.errors import first_line
+
 from ..config import NevaConfigError
 from .collectives import TensorParallel
 
@@ -62,11 +64,15 @@ def process_group(device: torch.device) -> Iterator[TensorParallel | None]:
     if rank >= size:
         raise NevaConfigError(f"environment variable RANK must be below WORLD_SIZE={size}, got {rank}")
     timeout = timedelta(seconds=_env_int(TIMEOUT_ENV, DEFAULT_TIMEOUT_S, 1))
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        dist.init_process_group("nccl", timeout=timeout, device_id=device)
-    else:
-        dist.init_process_group("gloo", timeout=timeout)
+    try:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            dist.init_process_group("nccl", timeout=timeout, device_id=device)
+        else:
+            dist.init_process_group("gloo", timeout=timeout)
+    except (RuntimeError, ValueError) as error:  # no rendezvous address, a rank that never came, ...
+        raise NevaConfigError(f"rank {rank} of WORLD_SIZE={size} cannot join the process group (start neva with "
+                              f"torchrun): {first_line(error)}") from error
     try:
         yield TensorParallel(rank, size)
     finally:

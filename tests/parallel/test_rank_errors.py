@@ -1,0 +1,29 @@
+"""Under torchrun an error on one rank ends every rank within seconds, with its message printed once (by rank 0)."""
+from __future__ import annotations
+
+import shutil
+
+from safetensors.torch import load_file, save_file
+
+from neva_model.cli import DEFAULT_MODEL
+from neva_model.train import DEFAULT_EXAMPLES
+
+from tests.parallel.conftest import HANG_S, torchrun
+
+MISSING = "language_model.model.layers.2.mlp.down_proj.weight"
+
+
+def test_a_tensor_missing_on_one_rank_ends_all_ranks_with_its_message(tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(DEFAULT_MODEL, broken)
+    tensors = load_file(broken / "model.safetensors")
+    assert MISSING in tensors
+    del tensors[MISSING]
+    save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
+    result, seconds = torchrun(2, "-m", "tests.parallel.tp_worker", "neva", f"{DEFAULT_MODEL},{broken}",
+                               "ask", "--image", str(DEFAULT_EXAMPLES / "scene-1.png"), "Describe the image.")
+    assert result.returncode != 0 and result.stdout == ""
+    errors = [line for line in result.stderr.splitlines() if line.startswith("neva: error:")]
+    assert errors == ["neva: error: rank 1: the checkpoint lacks 1 tensor(s): "
+                      "language_model.layers.2.mlp.down_proj.weight"], result.stderr[-3000:]
+    assert seconds < HANG_S / 2  # ended by the ranks' agreement, not by a collective's timeout
