@@ -5,7 +5,8 @@ tensor, shard by shard: host memory holds about one tensor (safetensors maps the
 Every checkpoint tensor must land in exactly one model tensor of its shape, and every model tensor must be
 filled; anything else is a NevaWeightsError naming the tensor. All of that is checked from the shard headers
 before any memory is allocated, so a config.json that disagrees with the weights (a huge vocab_size, say) is a
-clear error rather than an allocation failure.
+clear error rather than an allocation failure. Under tensor parallelism (neva_model.parallel) a rank's model is its
+share of the decoder, and only that share of each split tensor is read (safetensors' get_slice).
 """
 from __future__ import annotations
 
