@@ -357,11 +357,18 @@ def _message(error: Exception) -> str:
     return " ".join(message.split())
 
 
-def _reported_by_rank_0(error: Exception) -> bool:
-    """Under torchrun a failure all ranks agreed on is printed once, by rank 0."""
+def _rank_prefix(error: Exception) -> str | None:
+    """Under torchrun, what goes before the message of `error` on this rank: None where rank 0 prints it (malformed
+    arguments and failures the ranks agreed on are alike on every rank), "rank R: " for an error of this rank alone."""
+    if os.environ.get("WORLD_SIZE", "1") == "1":
+        return ""
     collectives = sys.modules.get("neva_model.parallel.collectives")
-    agreed = collectives is not None and isinstance(error, collectives.TensorParallelError)
-    return agreed and os.environ.get("RANK", "0") != "0"
+    alike = isinstance(error, UsageError) or (collectives is not None and
+                                              isinstance(error, collectives.TensorParallelError))
+    rank = os.environ.get("RANK", "0")
+    if alike:
+        return "" if rank == "0" else None
+    return f"rank {rank}: "
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -388,8 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # the one boundary: nothing below prints a traceback to a user
         if os.environ.get("NEVA_DEBUG") == "1":
             traceback.print_exc()
-        if not _reported_by_rank_0(error):
-            print(f"neva: error: {_message(error)}", file=sys.stderr)
+        prefix = _rank_prefix(error)
+        if prefix is not None:
+            print(f"neva: error: {prefix}{_message(error)}", file=sys.stderr)
         _drop_unwritable_stdout()
         return 2 if isinstance(error, UsageError) else 1
 

@@ -71,8 +71,8 @@ def process_group(device: torch.device) -> Iterator[TensorParallel | None]:
         else:
             dist.init_process_group("gloo", timeout=timeout)
     except (RuntimeError, ValueError) as error:  # no rendezvous address, a rank that never came, ...
-        raise NevaConfigError(f"rank {rank} of WORLD_SIZE={size} cannot join the process group (start neva with "
-                              f"torchrun): {first_line(error)}") from error
+        raise NevaConfigError(f"cannot join the process group of WORLD_SIZE={size} (start neva with torchrun): "
+                              f"{first_line(error)}") from error
     try:
         yield TensorParallel(rank, size)
     finally:

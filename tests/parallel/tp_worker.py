@@ -6,7 +6,8 @@ parity OUT CHECKPOINT...: per checkpoint, the logits of OUT/inputs.pt's batch, t
     (each rank's torch generator seeded differently, so that unseeded sampling differs unless rank 0's token is
     used everywhere) and the K/V heads of the rank's cache.
 shipped OUT: the shipped model's answers to every bundled question (neva_model/examples), as one batch.
-neva MODEL0,MODEL1,... ARGS...: `neva ARGS --model MODEL<R>` (the error tests give one rank a broken checkpoint).
+neva MODEL0,MODEL1,... ARGS...: `neva ARGS --model MODEL<R>` (the error tests give one rank a broken checkpoint;
+    with FAIL_DECODE_ON_RANK=R, rank R's decode step raises).
 
 The device is cpu (gloo), or cuda (NCCL, cuda:LOCAL_RANK) when NEVA_TP_TEST_DEVICE=cuda.
 """
@@ -53,14 +54,20 @@ def shipped(tp, device) -> list[str]:
     return [completion.text for completion in answer(model, load_tokenizer(DEFAULT_CHECKPOINT), asked)]
 
 
+def _failing_decode_step(engine, outputs) -> None:
+    raise RuntimeError("decode step failed (test)")
+
+
 def main() -> None:
     torch.set_num_threads(1)
     mode = sys.argv[1]
     if mode == "neva":
         from neva_model import cli
 
-        models = sys.argv[2].split(",")
-        sys.exit(cli.main([*sys.argv[3:], "--model", models[int(os.environ["RANK"])]]))
+        rank, models = os.environ["RANK"], sys.argv[2].split(",")
+        if os.environ.get("FAIL_DECODE_ON_RANK") == rank:
+            Engine._decode_step = _failing_decode_step
+        sys.exit(cli.main([*sys.argv[3:], "--model", models[int(rank)]]))
     out = Path(sys.argv[2])
     device = process_device(torch.device(os.environ.get("NEVA_TP_TEST_DEVICE", "cpu")))
     with process_group(device) as tp:
