@@ -22,10 +22,11 @@ from dataclasses import dataclass
 
 from neva_kernels import NevaValueError
 
-from .config import NevaConfig, TextConfig
+from .config import NevaConfig
 from .fused_linear import FusedLinear
 from .model import Neva
 from .norms import LayerNorm, RMSNorm
+from .parallel.layout import HeadSplit, split_heads
 from .sizing import DTYPE_BYTES, kv_bytes_per_token, meta_model
 
 WEIGHT_DTYPES = ("bf16", "fp16")  # what the model runs in; fp8 is planned for the KV cache only
@@ -33,26 +34,6 @@ GIB = 2**30
 # A row-parallel projection's input columns are the output rows of the column-parallel one feeding it.
 _ROW_PARALLEL_INPUT = {"o_proj": "q_proj", "down_proj": "up_proj"}
 _REPLICATED_MODULES = ("vision_tower", "multi_modal_projector")
-
-
-@dataclass(frozen=True)
-class HeadSplit:
-    gpus: int
-    heads: int  # query heads on each GPU
-    kv_heads: int  # KV heads on each GPU
-
-
-def split_heads(text: TextConfig, gpus: int) -> HeadSplit:
-    """The heads each of `gpus` GPUs holds; a count that cannot split them evenly is a NevaValueError."""
-    if text.num_heads % gpus:
-        divisors = [d for d in range(1, text.num_heads + 1) if text.num_heads % d == 0]
-        raise NevaValueError(f"expected a GPU count dividing the model's {text.num_heads} query heads "
-                             f"({', '.join(map(str, divisors))}), got {gpus}")
-    kv = text.num_kv_heads
-    if kv % gpus and gpus % kv:
-        raise NevaValueError(f"expected a GPU count that divides the model's {kv} KV heads or is a multiple of "
-                             f"them, got {gpus}")
-    return HeadSplit(gpus, text.num_heads // gpus, max(kv // gpus, 1))
 
 
 @dataclass(frozen=True)

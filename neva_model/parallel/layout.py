@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from neva_kernels import NevaValueError
+
 from ..config import NevaConfigError, TextConfig
 
 
@@ -50,6 +52,26 @@ class Shard:
 
 
 @dataclass(frozen=True)
+class HeadSplit:
+    gpus: int
+    heads: int  # query heads on each GPU
+    kv_heads: int  # KV heads on each GPU
+
+
+def split_heads(text: TextConfig, gpus: int) -> HeadSplit:
+    """The heads each of `gpus` GPUs holds; a count that cannot split them evenly is a NevaValueError."""
+    if text.num_heads % gpus:
+        divisors = [d for d in range(1, text.num_heads + 1) if text.num_heads % d == 0]
+        raise NevaValueError(f"expected a GPU count dividing the model's {text.num_heads} query heads "
+                             f"({', '.join(map(str, divisors))}), got {gpus}")
+    kv = text.num_kv_heads
+    if kv % gpus and gpus % kv:
+        raise NevaValueError(f"expected a GPU count that divides the model's {kv} KV heads or is a multiple of "
+                             f"them, got {gpus}")
+    return HeadSplit(gpus, text.num_heads // gpus, max(kv // gpus, 1))
+
+
+@dataclass(frozen=True)
 class Layout:
     """One rank's ranges of query heads, K/V heads, MLP features and vocabulary."""
     heads: Span
@@ -60,22 +82,18 @@ class Layout:
     @classmethod
     def of(cls, text: TextConfig, rank: int, world_size: int) -> Layout:
         """The layout of `rank` of `world_size`; a model the ranks cannot split is a NevaConfigError."""
+        try:
+            split = split_heads(text, world_size)
+            if text.intermediate_size % world_size:
+                raise NevaValueError(f"expected a GPU count dividing the model's intermediate_size "
+                                     f"{text.intermediate_size}, got {world_size}")
+        except NevaValueError as error:
+            raise NevaConfigError(f"tensor parallelism over {world_size} processes: {error}") from None
         heads, kv_heads = text.num_heads, text.num_kv_heads
-        if heads % world_size:
-            raise NevaConfigError(f"tensor parallelism over {world_size} processes needs num_attention_heads "
-                                  f"divisible by {world_size}, the model has {heads}")
-        if kv_heads % world_size and world_size % kv_heads:
-            raise NevaConfigError(f"tensor parallelism over {world_size} processes needs num_key_value_heads "
-                                  f"dividing or divisible by {world_size}, the model has {kv_heads}")
-        if text.intermediate_size % world_size:
-            raise NevaConfigError(f"tensor parallelism over {world_size} processes needs intermediate_size "
-                                  f"divisible by {world_size}, the model has {text.intermediate_size}")
-        local_heads = heads // world_size
-        local_kv = max(1, kv_heads // world_size)
-        first_kv = rank * local_heads // (heads // kv_heads)  # the K/V head of this rank's first query head
+        first_kv = rank * split.heads // (heads // kv_heads)  # the K/V head of this rank's first query head
         mlp = text.intermediate_size // world_size
         vocab = -(-text.vocab_size // world_size)
-        return cls(Span(rank * local_heads, local_heads, heads), Span(first_kv, local_kv, kv_heads),
+        return cls(Span(rank * split.heads, split.heads, heads), Span(first_kv, split.kv_heads, kv_heads),
                    Span(rank * mlp, mlp, text.intermediate_size), Span(rank * vocab, vocab, text.vocab_size))
 
     def features(self, kind: str, head_dim: int) -> Span:

@@ -123,9 +123,9 @@ def test_rank_slices_are_the_full_models_rows_and_columns(checkpoint):
 
 
 @pytest.mark.parametrize(("heads", "kv_heads", "intermediate", "processes", "refused"), [
-    (6, 2, 48, 4, "num_attention_heads divisible by 4, the model has 6"),
-    (6, 3, 48, 2, "num_key_value_heads dividing or divisible by 2, the model has 3"),
-    (8, 8, 36, 8, "intermediate_size divisible by 8, the model has 36"),
+    (6, 2, 48, 4, "over 4 processes: expected a GPU count dividing the model's 6 query heads \\(1, 2, 3, 6\\), got 4"),
+    (6, 3, 48, 2, "over 2 processes: expected a GPU count that divides the model's 3 KV heads or is a multiple"),
+    (8, 8, 36, 8, "over 8 processes: expected a GPU count dividing the model's intermediate_size 36, got 8"),
 ])
 def test_a_model_the_ranks_cannot_split_is_refused(heads, kv_heads, intermediate, processes, refused):
     text = TextConfig(vocab_size=95, hidden_size=48, intermediate_size=intermediate, num_layers=1, num_heads=heads,
@@ -152,6 +152,6 @@ def test_world_size_not_dividing_the_heads_is_refused_before_any_tensor_is_read(
     directory, _ = checkpoint
     files = CountingFiles()
     monkeypatch.setattr(weights, "safe_open", files)
-    with pytest.raises(NevaConfigError, match="num_attention_heads divisible by 3, the model has 8"):
+    with pytest.raises(NevaConfigError, match="over 3 processes: expected a GPU count dividing the model's 8 query heads"):
         load_neva(directory, tensor_parallel=TensorParallel(0, 3))
     assert files.read == {}
