@@ -26,6 +26,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import neva_kernels as nk
 from neva_kernels import backends
+from neva_kernels.architecture import is_hopper
 
 from .case import Case
 
@@ -66,7 +67,7 @@ def _try(name: str, call: Callable[[], object], implementations: dict, missing: 
 # ---- flash attention -----------------------------------------------------------------------------------
 
 def _why_no_sm80_on_hopper(op: str, device: torch.device, args: tuple) -> str | None:
-    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 9:
+    if not is_hopper(device):
         return "not a Hopper GPU"
     return backends.why_unable(op, "cuda", device, args)
 
@@ -92,8 +93,8 @@ def _attention_case(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     if not backward and _why_no_sm80_on_hopper("flash_attention", q.device, args) is None:
         # On Hopper neva-cuda is the wgmma kernel where it has the head dim; the mma.sync one is measured beside it.
         qd, kd, vd = (t.detach() for t in (q, k, v))
-        _try("neva-cuda-sm80", lambda: torch.ops.neva_cuda.flash_attention_with_kernel(
-            qd, kd, vd, causal, head_dim ** -0.5, None, None, None, None, 80), implementations, missing)
+        _try("neva-cuda-sm80", lambda: torch.ops.neva_cuda.flash_attention(
+            qd, kd, vd, causal, head_dim ** -0.5, None, None, None, None, kernel=80), implementations, missing)
 
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))  # SDPA's [B, H, S, D], the same memory
     for name, sdpa_backend in SDPA_BACKENDS.items():
@@ -149,7 +150,7 @@ def _projector_case(images: int, tokens: int, vision: int, text: int, dtype: tor
 
     if _why_no_sm80_on_hopper("project_image_tokens", device, args) is None:
         # On Hopper neva-cuda is the wgmma + TMA kernel; the mma.sync one is measured beside it.
-        _try("neva-cuda-sm80", lambda: torch.ops.neva_cuda.project_image_tokens_with_kernel(*args, 80),
+        _try("neva-cuda-sm80", lambda: torch.ops.neva_cuda.project_image_tokens(*args, kernel=80),
              implementations, missing)
 
     def eager():

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from typing import NamedTuple
 
 import torch
 
 from . import backends
+from .checks import starts_aligned
+from .reference import lse_shape
 
 
 def _load_extension() -> str | None:
@@ -44,21 +47,27 @@ def probe_arch(device: torch.device | str = "cuda") -> tuple[int, bool]:
 # ---- the kernels of the extension, registered with the dispatcher ----------------------------------------
 # (backends.py picks them automatically only where measured_preferences.json ranks them; backend="cuda" always.)
 
-# What csrc/launch/launch.h compiles paged decode attention for.
-DECODE_HEAD_DIMS = (64, 80, 96, 128, 256)
-DECODE_MAX_GROUP = 32
+class CompiledShapes(NamedTuple):
+    """What the extension's kernels are compiled for, as _C reports it (torch.ops.neva_cuda.compiled_shapes)."""
+    decode_head_dims: tuple[int, ...] = ()
+    decode_max_group: int = 0
+    flash_head_dims: tuple[int, ...] = ()  # the mma.sync (sm80) kernel
+    flash_sm90_head_dims: tuple[int, ...] = ()  # the wgmma kernel, picked on compute capability 9.0
 
 
-# What the generated flash attention instances (scripts/generate_flash_attention_instances.py) compile: the
-# mma.sync (sm80) kernel for all, the wgmma (sm90) kernel, picked on compute capability 9.0, for some.
-FLASH_HEAD_DIMS = (64, 80, 96, 128, 256)
-FLASH_SM90_HEAD_DIMS = (64, 128)
+def _compiled_shapes() -> CompiledShapes:
+    if LOAD_ERROR is not None:
+        return CompiledShapes()
+    decode, group, flash, flash_sm90 = torch.ops.neva_cuda.compiled_shapes()
+    return CompiledShapes(tuple(decode), group, tuple(flash), tuple(flash_sm90))
+
+
+COMPILED = _compiled_shapes()
 
 
 def _flash_attention_outputs(q: torch.Tensor, cu_seqlens_q: torch.Tensor | None):
-    """Empty (out, lse) of a flash attention call: lse [B, Hq, Sq] padded, [Hq, total_q] packed."""
-    lse_shape = (q.shape[1], q.shape[0]) if cu_seqlens_q is not None else (q.shape[0], q.shape[2], q.shape[1])
-    return q.new_empty(q.shape), q.new_empty(lse_shape, dtype=torch.float32)
+    """Empty (out, lse) of a flash attention call."""
+    return q.new_empty(q.shape), q.new_empty(lse_shape(q, packed=cu_seqlens_q is not None), dtype=torch.float32)
 
 
 def _register_fakes() -> None:
@@ -80,19 +89,11 @@ def _register_fakes() -> None:
         return x.new_empty(x.shape), x.new_empty(x.shape)
 
     @torch.library.register_fake("neva_cuda::paged_decode_attention")
-    def _(q, k_cache, v_cache, block_tables, seq_lens, softmax_scale):
-        return q.new_empty(q.shape)
-
-    @torch.library.register_fake("neva_cuda::paged_decode_attention_with_splits")
-    def _(q, k_cache, v_cache, block_tables, seq_lens, softmax_scale, num_splits):
+    def _(q, k_cache, v_cache, block_tables, seq_lens, softmax_scale, num_splits=0):
         return q.new_empty(q.shape)
 
     @torch.library.register_fake("neva_cuda::flash_attention")
-    def _(q, k, v, causal, softmax_scale, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
-        return _flash_attention_outputs(q, cu_seqlens_q)
-
-    @torch.library.register_fake("neva_cuda::flash_attention_with_kernel")
-    def _(q, k, v, causal, softmax_scale, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, kernel):
+    def _(q, k, v, causal, softmax_scale, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, kernel=0):
         return _flash_attention_outputs(q, cu_seqlens_q)
 
     @torch.library.register_fake("neva_cuda::append_kv_cache")
@@ -100,11 +101,7 @@ def _register_fakes() -> None:
         return None
 
     @torch.library.register_fake("neva_cuda::project_image_tokens")
-    def _(image_features, w1, b1, w2, b2, inputs_embeds, image_token_mask):
-        return None
-
-    @torch.library.register_fake("neva_cuda::project_image_tokens_with_kernel")
-    def _(image_features, w1, b1, w2, b2, inputs_embeds, image_token_mask, kernel):
+    def _(image_features, w1, b1, w2, b2, inputs_embeds, image_token_mask, kernel=0):
         return None
 
 
@@ -131,12 +128,19 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     return torch.ops.neva_cuda.fused_add_layer_norm(x, weight, bias, eps, zero_centered_weight, residual)
 
 
-def _decode_supports(q: torch.Tensor, k_cache: torch.Tensor, *_) -> str | None:
+def _listed(values: tuple[int, ...]) -> str:
+    return ", ".join(map(str, values))
+
+
+def _decode_supports(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, *_) -> str | None:
     head_dim, group = q.shape[-1], q.shape[1] // k_cache.shape[2]
-    if head_dim not in DECODE_HEAD_DIMS:
-        return f"the cuda paged decode is compiled for head_dim {', '.join(map(str, DECODE_HEAD_DIMS))}, got {head_dim}"
-    if group > DECODE_MAX_GROUP:
-        return f"the cuda paged decode serves at most {DECODE_MAX_GROUP} query heads per KV head, got {group}"
+    if head_dim not in COMPILED.decode_head_dims:
+        return f"the cuda paged decode is compiled for head_dim {_listed(COMPILED.decode_head_dims)}, got {head_dim}"
+    if group > COMPILED.decode_max_group:
+        return f"the cuda paged decode serves at most {COMPILED.decode_max_group} query heads per KV head, got {group}"
+    for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if not starts_aligned(cache):
+            return f"the cuda paged decode copies pages in 16-byte units: '{name}' must start 16-byte aligned"
     return None
 
 
@@ -149,8 +153,8 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
 def _flash_attention_supports(q: torch.Tensor, *_) -> str | None:
     if q.dtype not in (torch.float16, torch.bfloat16):
         return f"the cuda flash_attention kernels (tensor cores) take float16 or bfloat16, got {q.dtype}"
-    if q.shape[-1] not in FLASH_HEAD_DIMS:
-        return (f"the cuda flash_attention kernels are compiled for head_dim {', '.join(map(str, FLASH_HEAD_DIMS))}, "
+    if q.shape[-1] not in COMPILED.flash_head_dims:
+        return (f"the cuda flash_attention kernels are compiled for head_dim {_listed(COMPILED.flash_head_dims)}, "
                 f"got {q.shape[-1]}")
     return None
 

@@ -39,11 +39,8 @@ def instances_header() -> str:
         lines.append(f"\n// Defined in kernels/{ARCHS[arch][0]}; instantiated in forward_{arch}_hdim*_*.cu.\n"
                      f"template <typename T, int kHeadDim>\ncudaError_t flash_forward_{arch}("
                      f"const FlashAttentionParams& params, cudaStream_t stream);\n")
-        lines.append(f"\ninline constexpr const char* k{arch.capitalize()}HeadDims = "
-                     f"\"{', '.join(map(str, head_dims))}\";\n\n"
-                     f"// f gets std::integral_constant<int, head_dim> for the head dims compiled for {arch}.\n"
-                     f"template <typename F>\ncudaError_t with_{arch}_head_dim(int head_dim, F&& f) {{\n"
-                     f"  return with_head_dim<{', '.join(map(str, head_dims))}>(head_dim, f);\n}}\n")
+        lines.append(f"\n// The head dims compiled for {arch}.\n"
+                     f"using {arch.capitalize()}HeadDims = HeadDimList<{', '.join(map(str, head_dims))}>;\n")
     lines.append("\n}  // namespace flash\n}  // namespace neva\n")
     return "".join(lines)
 

@@ -5,7 +5,9 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #include "../kernels/params.h"
 
@@ -21,12 +23,19 @@ cudaError_t with_storage_type(DType dtype, F&& f) {
   return cudaErrorInvalidValue;
 }
 
-// f(std::integral_constant<int, head_dim>{}) when head_dim is one of kHeadDims, else cudaErrorInvalidValue.
-template <int... kHeadDims, typename F>
-cudaError_t with_head_dim(int head_dim, F&& f) {
-  cudaError_t result = cudaErrorInvalidValue;
-  ((head_dim == kHeadDims && (result = f(std::integral_constant<int, kHeadDims>{}), true)) || ...);
-  return result;
-}
+// The head dims a kernel is compiled for, written once: dispatch(head_dim, f) calls
+// f(std::integral_constant<int, head_dim>{}) for a listed one (else returns cudaErrorInvalidValue), and values()
+// lists them at run time (error messages, and _C's compiled_shapes() op for the Python side).
+template <int... kHeadDims>
+struct HeadDimList {
+  template <typename F>
+  static cudaError_t dispatch(int head_dim, F&& f) {
+    cudaError_t result = cudaErrorInvalidValue;
+    ((head_dim == kHeadDims && (result = f(std::integral_constant<int, kHeadDims>{}), true)) || ...);
+    return result;
+  }
+  static bool contains(int head_dim) { return ((head_dim == kHeadDims) || ...); }
+  static std::vector<int64_t> values() { return {kHeadDims...}; }
+};
 
 }  // namespace neva

@@ -9,17 +9,10 @@
 namespace neva {
 namespace {
 
-template <typename Dispatch>
-bool compiled(Dispatch dispatch, int head_dim) {
-  return dispatch(head_dim, [](auto) { return cudaSuccess; }) == cudaSuccess;
-}
-
-bool sm80_compiled(int head_dim) {
-  return compiled([](int d, auto f) { return flash::with_sm80_head_dim(d, f); }, head_dim);
-}
+bool sm80_compiled(int head_dim) { return flash::Sm80HeadDims::contains(head_dim); }
 
 bool sm90_runs_here(int head_dim) {
-  return compiled([](int d, auto f) { return flash::with_sm90_head_dim(d, f); }, head_dim) && sm90a_runs_here();
+  return flash::Sm90HeadDims::contains(head_dim) && sm90a_runs_here();
 }
 
 }  // namespace
@@ -35,8 +28,8 @@ KernelPath flash_attention_kernel(KernelPath kernel, int head_dim) {
   return KernelPath::kAuto;
 }
 
-const char* flash_attention_head_dims(KernelPath kernel) {
-  return kernel == KernelPath::kSm90 ? flash::kSm90HeadDims : flash::kSm80HeadDims;
+std::vector<int64_t> flash_attention_head_dims(KernelPath kernel) {
+  return kernel == KernelPath::kSm90 ? flash::Sm90HeadDims::values() : flash::Sm80HeadDims::values();
 }
 
 cudaError_t launch_flash_attention(DType dtype, const FlashAttentionParams& params, KernelPath kernel,
@@ -46,11 +39,11 @@ cudaError_t launch_flash_attention(DType dtype, const FlashAttentionParams& para
     if constexpr (std::is_same_v<T, float>) {
       return cudaErrorInvalidValue;  // the tiles are sized for 16-bit operands
     } else if (kernel == KernelPath::kSm90) {
-      return flash::with_sm90_head_dim(params.head_dim, [&](auto head_dim) {
+      return flash::Sm90HeadDims::dispatch(params.head_dim, [&](auto head_dim) {
         return flash::flash_forward_sm90<T, decltype(head_dim)::value>(params, stream);
       });
     } else if (kernel == KernelPath::kSm80) {
-      return flash::with_sm80_head_dim(params.head_dim, [&](auto head_dim) {
+      return flash::Sm80HeadDims::dispatch(params.head_dim, [&](auto head_dim) {
         return flash::flash_forward_sm80<T, decltype(head_dim)::value>(params, stream);
       });
     } else {

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "../kernels/params.h"
 
@@ -27,10 +28,9 @@ cudaError_t launch_row_norm(DType dtype, const RowNormParams& params, cudaStream
 
 cudaError_t launch_append_kv_cache(DType dtype, const AppendKvCacheParams& params, cudaStream_t stream);
 
-// The head dimensions paged decode attention is compiled for.
-bool paged_decode_supports_head_dim(int head_dim);
-inline constexpr const char* kPagedDecodeHeadDims = "64, 80, 96, 128, 256";
-inline constexpr int kPagedDecodeMaxGroup = 32;  // query heads per KV head
+// The head dimensions paged decode attention is compiled for, and its most query heads per KV head.
+std::vector<int64_t> paged_decode_head_dims();
+inline constexpr int kPagedDecodeMaxGroup = 32;
 
 // The split heuristic alone: splits per (sequence, KV head) for `sm_count` SMs.
 int paged_decode_num_splits(int64_t batch, int64_t kv_heads, int64_t max_context, int sm_count);
@@ -44,9 +44,9 @@ cudaError_t launch_paged_decode_attention(DType dtype, const PagedDecodeParams& 
 
 // Flash attention forward (float16 and bfloat16). flash_attention_kernel resolves kAuto for the current device and
 // returns the kernel that will run, or kAuto when `kernel` is not compiled for this head dim and device (then
-// flash_attention_head_dims lists the head dims it has).
+// flash_attention_head_dims lists the head dims it has: kSm90's, or for kAuto and kSm80 the sm80 kernel's).
 KernelPath flash_attention_kernel(KernelPath kernel, int head_dim);
-const char* flash_attention_head_dims(KernelPath kernel);
+std::vector<int64_t> flash_attention_head_dims(KernelPath kernel);
 cudaError_t launch_flash_attention(DType dtype, const FlashAttentionParams& params, KernelPath kernel,
                                    cudaStream_t stream);
 

@@ -12,17 +12,12 @@ constexpr int kMinTokensPerSplit = 256;
 constexpr int kMaxSplits = 64;
 constexpr int kWaves = 2;  // blocks per SM the split heuristic aims for
 
-// The head dims compiled (cuda_backend.DECODE_HEAD_DIMS on the Python side).
-template <typename F>
-cudaError_t with_decode_head_dim(int head_dim, F&& f) {
-  return with_head_dim<64, 80, 96, 128, 256>(head_dim, f);
-}
+// The head dims compiled (the Python side reads them through _C's compiled_shapes()).
+using DecodeHeadDims = HeadDimList<64, 80, 96, 128, 256>;
 
 }  // namespace
 
-bool paged_decode_supports_head_dim(int head_dim) {
-  return with_decode_head_dim(head_dim, [](auto) { return cudaSuccess; }) == cudaSuccess;
-}
+std::vector<int64_t> paged_decode_head_dims() { return DecodeHeadDims::values(); }
 
 // Enough blocks for kWaves per SM, but no split shorter than kMinTokensPerSplit tokens of the longest possible
 // context, and at most kMaxSplits.
@@ -53,7 +48,7 @@ PagedDecodePlan plan_paged_decode(DType dtype, int head_dim, int64_t batch, int6
 
 cudaError_t launch_paged_decode_attention(DType dtype, const PagedDecodeParams& params, cudaStream_t stream) {
   return with_storage_type(dtype, [&](auto tag) {
-    return with_decode_head_dim(params.head_dim, [&](auto head_dim) {
+    return DecodeHeadDims::dispatch(params.head_dim, [&](auto head_dim) {
       return paged_decode_attention<decltype(tag), decltype(head_dim)::value>(params, stream);
     });
   });

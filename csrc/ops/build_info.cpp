@@ -22,4 +22,9 @@ std::string build_info() {
          ", architectures " NEVA_CUDA_ARCHS;
 }
 
+std::tuple<std::vector<int64_t>, int64_t, std::vector<int64_t>, std::vector<int64_t>> compiled_shapes() {
+  return {paged_decode_head_dims(), kPagedDecodeMaxGroup, flash_attention_head_dims(KernelPath::kSm80),
+          flash_attention_head_dims(KernelPath::kSm90)};
+}
+
 }  // namespace neva

@@ -93,7 +93,7 @@ int64_t checked_longest_query(const at::Tensor& cu_q, const at::Tensor& cu_k, in
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> flash_attention_with_kernel(
+std::tuple<at::Tensor, at::Tensor> flash_attention(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, bool causal, double softmax_scale,
     const std::optional<at::Tensor>& cu_seqlens_q, const std::optional<at::Tensor>& cu_seqlens_k,
     std::optional<int64_t> max_seqlen_q, std::optional<int64_t> /*max_seqlen_k*/, int64_t kernel_choice) {
@@ -109,7 +109,7 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_with_kernel(
   TORCH_CHECK(kernel != KernelPath::kAuto, kOp, ": no ",
               requested == KernelPath::kAuto ? "" : (requested == KernelPath::kSm80 ? "sm80 " : "sm90 "),
               "cuda kernel for head_dim ", head_dim, " on this device (compiled head dims: ",
-              flash_attention_head_dims(requested), ")");
+              c10::IntArrayRef(flash_attention_head_dims(requested)), ")");
 
   const bool packed = cu_seqlens_q.has_value();
   at::Tensor cu_q, cu_k;
@@ -170,16 +170,6 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_with_kernel(
   if (p.batch == 0 || p.seqlen_q == 0) return {out, lse};
   C10_CUDA_CHECK(launch_flash_attention(storage_type(kOp, "q", q), p, kernel, c10::cuda::getCurrentCUDAStream()));
   return {out, lse};
-}
-
-std::tuple<at::Tensor, at::Tensor> flash_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                                   bool causal, double softmax_scale,
-                                                   const std::optional<at::Tensor>& cu_seqlens_q,
-                                                   const std::optional<at::Tensor>& cu_seqlens_k,
-                                                   std::optional<int64_t> max_seqlen_q,
-                                                   std::optional<int64_t> max_seqlen_k) {
-  return flash_attention_with_kernel(q, k, v, causal, softmax_scale, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                                     max_seqlen_k, 0);
 }
 
 }  // namespace neva

@@ -4,8 +4,10 @@
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 #include "../launch/launch.h"
 #include "ops.h"
@@ -30,8 +32,9 @@ void check_inputs(const at::Tensor& q, const at::Tensor& k_cache, const at::Tens
   const int64_t batch = q.size(0), q_heads = q.size(1), head_dim = q.size(2), kv_heads = k_cache.size(2);
   TORCH_CHECK(k_cache.size(3) == head_dim, kOp, ": 'k_cache' must have head_dim ", head_dim, " (of q), got ",
               k_cache.size(3));
-  TORCH_CHECK(paged_decode_supports_head_dim(static_cast<int>(head_dim)), kOp, ": head_dim must be one of ",
-              kPagedDecodeHeadDims, ", got ", head_dim);
+  const std::vector<int64_t> head_dims = paged_decode_head_dims();
+  TORCH_CHECK(std::find(head_dims.begin(), head_dims.end(), head_dim) != head_dims.end(), kOp,
+              ": head_dim must be one of ", c10::IntArrayRef(head_dims), ", got ", head_dim);
   TORCH_CHECK(k_cache.numel() > 0, kOp, ": 'k_cache' must have no empty dimension, got ", k_cache.sizes());
   TORCH_CHECK(q_heads % kv_heads == 0 && q_heads / kv_heads <= kPagedDecodeMaxGroup, kOp,
               ": the query heads of 'q' (", q_heads, ") must be a multiple of the KV heads (", kv_heads,
@@ -59,10 +62,9 @@ int sm_count(const at::Tensor& t) {
 
 }  // namespace
 
-at::Tensor paged_decode_attention_with_splits(const at::Tensor& q_in, const at::Tensor& k_cache,
-                                              const at::Tensor& v_cache, const at::Tensor& block_tables_in,
-                                              const at::Tensor& seq_lens_in, double softmax_scale,
-                                              int64_t num_splits) {
+at::Tensor paged_decode_attention(const at::Tensor& q_in, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                  const at::Tensor& block_tables_in, const at::Tensor& seq_lens_in,
+                                  double softmax_scale, int64_t num_splits) {
   check_inputs(q_in, k_cache, v_cache, block_tables_in, seq_lens_in);
   TORCH_CHECK(softmax_scale > 0, kOp, ": 'softmax_scale' must be > 0, got ", softmax_scale);
   TORCH_CHECK(num_splits >= 0 && num_splits <= std::numeric_limits<int32_t>::max(), kOp,
@@ -111,11 +113,6 @@ at::Tensor paged_decode_attention_with_splits(const at::Tensor& q_in, const at::
   params.softmax_scale = static_cast<float>(softmax_scale);
   C10_CUDA_CHECK(launch_paged_decode_attention(dtype, params, c10::cuda::getCurrentCUDAStream()));
   return out;
-}
-
-at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                                  const at::Tensor& block_tables, const at::Tensor& seq_lens, double softmax_scale) {
-  return paged_decode_attention_with_splits(q, k_cache, v_cache, block_tables, seq_lens, softmax_scale, 0);
 }
 
 int64_t decode_num_splits(int64_t batch, int64_t kv_heads, int64_t max_context, int64_t sm_count) {

@@ -104,14 +104,7 @@ void run(const at::Tensor& image_features, const at::Tensor& w1, const std::opti
 
 void project_image_tokens(const at::Tensor& image_features, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
                           const at::Tensor& w2, const std::optional<at::Tensor>& b2, at::Tensor& inputs_embeds,
-                          const at::Tensor& image_token_mask) {
-  run(image_features, w1, b1, w2, b2, inputs_embeds, image_token_mask, KernelPath::kAuto);
-}
-
-void project_image_tokens_with_kernel(const at::Tensor& image_features, const at::Tensor& w1,
-                                      const std::optional<at::Tensor>& b1, const at::Tensor& w2,
-                                      const std::optional<at::Tensor>& b2, at::Tensor& inputs_embeds,
-                                      const at::Tensor& image_token_mask, int64_t kernel) {
+                          const at::Tensor& image_token_mask, int64_t kernel) {
   TORCH_CHECK(kernel == 0 || kernel == 80 || kernel == 90, kOp,
               ": 'kernel' must be 0 (pick per device), 80 (mma.sync) or 90 (wgmma + TMA), got ", kernel);
   run(image_features, w1, b1, w2, b2, inputs_embeds, image_token_mask, static_cast<KernelPath>(kernel));

@@ -13,7 +13,7 @@ import pytest
 
 import neva_kernels as nk
 from neva_kernels import cuda_archs
-from neva_kernels.cuda_backend import DECODE_HEAD_DIMS, FLASH_HEAD_DIMS, FLASH_SM90_HEAD_DIMS
+from neva_kernels.cuda_backend import COMPILED
 from tests.test_extension import CUOBJDUMP, names_architectures, needs_extension
 
 pytestmark = [needs_extension, names_architectures]
@@ -57,9 +57,9 @@ def test_every_kernel_is_compiled_for_every_architecture():
     for arch in ARCHS:
         names = {name for (a, name) in resource_usage() if a == arch and ours(name)}
         for dtype in DTYPES:
-            # Exactly the head dims the Python side advertises (cuda_backend.DECODE_HEAD_DIMS) are compiled.
+            # Exactly the head dims the extension reports (compiled_shapes, read by cuda_backend) are compiled.
             decode = re.compile(rf"_ZN4neva6decode19paged_decode_kernelI{dtype}Li(\d+)EEEvNS_17PagedDecodeParamsE")
-            assert {int(m.group(1)) for n in names if (m := decode.fullmatch(n))} == set(DECODE_HEAD_DIMS)
+            assert {int(m.group(1)) for n in names if (m := decode.fullmatch(n))} == set(COMPILED.decode_head_dims)
             for center in ("0", "1"):  # RMSNorm and LayerNorm instances of the row-norm kernel
                 assert any(re.search(rf"row_norm_kernelI{dtype}Li\d+ELb[01]ELb{center}E", n) for n in names), \
                     (arch, dtype, center)
@@ -81,7 +81,7 @@ def decode_kernels(arch: str) -> dict[str, str]:
 @pytest.mark.skipif("sm_80" not in ARCHS, reason="not built for sm_80")
 def test_sm80_decode_double_buffers_with_cp_async():
     kernels = decode_kernels("sm_80")
-    assert len(kernels) == len(DECODE_HEAD_DIMS) * len(DTYPES)
+    assert len(kernels) == len(COMPILED.decode_head_dims) * len(DTYPES)
     for name, code in kernels.items():
         assert "LDGSTS" in code and "LDGDEPBAR" in code, f"{name}: no cp.async in its sm_80 code"
         assert "UBLKCP" not in code
@@ -90,7 +90,7 @@ def test_sm80_decode_double_buffers_with_cp_async():
 @pytest.mark.skipif("sm_90a" not in ARCHS, reason="not built for sm_90a")
 def test_sm90a_decode_uses_bulk_copies_on_an_mbarrier():
     kernels = decode_kernels("sm_90a")
-    assert len(kernels) == len(DECODE_HEAD_DIMS) * len(DTYPES)
+    assert len(kernels) == len(COMPILED.decode_head_dims) * len(DTYPES)
     for name, code in kernels.items():
         assert "UBLKCP" in code, f"{name}: no cp.async.bulk in its sm_90a code"
         assert "SYNCS" in code, f"{name}: no mbarrier operation in its sm_90a code"
@@ -113,7 +113,7 @@ def flash_kernels(arch: str, path: str) -> dict[tuple[str, int, bool], str]:
 def test_flash_attention_kernels_are_compiled_for_their_head_dims(arch):
     # The sm80 kernel is also Hopper's fallback for head dims the wgmma kernel lacks, and the sm80 path benchmarks
     # measure there; the sm90 instances of the sm_80 cubin are empty (their body needs sm_90a).
-    for path, head_dims in (("sm80", FLASH_HEAD_DIMS), ("sm90", FLASH_SM90_HEAD_DIMS)):
+    for path, head_dims in (("sm80", COMPILED.flash_head_dims), ("sm90", COMPILED.flash_sm90_head_dims)):
         expected = {(dtype, d, causal) for dtype in ("6__half", "13__nv_bfloat16") for d in head_dims
                     for causal in (False, True)}
         assert set(flash_kernels(arch, path)) == expected, path
@@ -144,7 +144,7 @@ def test_sm90a_flash_attention_runs_wgmma_on_tma_tiles_in_specialized_warpgroups
 def test_sm90a_kernels_trap_in_the_other_cubins(arch):
     # Their bodies need sm_90a: launched from another cubin they must fail loudly, not leave the outputs unwritten.
     kernels = {**flash_kernels(arch, "sm90"), **projector_kernels(arch, "sm90")}
-    assert len(kernels) == 4 * len(FLASH_SM90_HEAD_DIMS) + 2
+    assert len(kernels) == 4 * len(COMPILED.flash_sm90_head_dims) + 2
     for key, code in kernels.items():
         assert "BPT.TRAP" in code, f"{key}: no trap in its {arch} code"
 

@@ -36,10 +36,11 @@ VARLEN_LENGTHS = ((1, 17, 300, 2048, 0, 777), (1, 300, 17, 2048, 5, 777))
 def run_kernel(kernel, q, k, v, causal, cu_q=None, cu_k=None, scale=None):
     """(out, lse) of the extension's op with the kernel forced, compared with the reference; returns them."""
     if kernel == 90 and (torch.cuda.get_device_capability() != (9, 0)
-                         or q.shape[-1] not in cuda_backend.FLASH_SM90_HEAD_DIMS):
-        pytest.skip(f"the sm90 kernel runs on compute capability 9.0 for head dims {cuda_backend.FLASH_SM90_HEAD_DIMS}")
+                         or q.shape[-1] not in cuda_backend.COMPILED.flash_sm90_head_dims):
+        pytest.skip("the sm90 kernel runs on compute capability 9.0 for head dims "
+                    f"{cuda_backend.COMPILED.flash_sm90_head_dims}")
     scale = scale or 1 / math.sqrt(q.shape[-1])
-    out, lse = torch.ops.neva_cuda.flash_attention_with_kernel(q, k, v, causal, scale, cu_q, cu_k, None, None, kernel)
+    out, lse = torch.ops.neva_cuda.flash_attention(q, k, v, causal, scale, cu_q, cu_k, None, None, kernel)
     check_outputs(out, lse, q, k, v, causal, cu_q, cu_k, scale)
     return out, lse
 
@@ -167,7 +168,7 @@ def test_no_keys_gives_zeros_and_minus_infinity(poisoned_outputs):
 def test_sm90_forced_off_hopper_or_for_other_head_dims_says_why():
     q, k, v = padded_inputs(1, 8, 8, 2, 2, 80, torch.float16)
     with pytest.raises(RuntimeError, match="no sm90 cuda kernel for head_dim 80"):
-        torch.ops.neva_cuda.flash_attention_with_kernel(q, k, v, False, 0.1, None, None, None, None, 90)
+        torch.ops.neva_cuda.flash_attention(q, k, v, False, 0.1, None, None, None, None, kernel=90)
 
 
 @pytest.mark.gpu
@@ -184,9 +185,9 @@ def test_opcheck(poisoned_outputs):
 @needs_extension
 def test_schema_takes_the_reference_arguments():
     schema = torch.ops.neva_cuda.flash_attention.default._schema
-    assert [a.name for a in schema.arguments] == list(inspect.signature(reference.flash_attention).parameters)
-    forced = torch.ops.neva_cuda.flash_attention_with_kernel.default._schema
-    assert [a.name for a in forced.arguments] == [a.name for a in schema.arguments] + ["kernel"]
+    assert [a.name for a in schema.arguments] == list(inspect.signature(reference.flash_attention).parameters) + \
+        ["kernel"]
+    assert schema.arguments[-1].default_value == 0  # 0: the kernel is picked per device
 
 
 @needs_extension
@@ -199,7 +200,7 @@ def test_fakes_give_the_shapes_and_dtypes(dtype):
         assert (out.shape, out.dtype, lse.shape, lse.dtype) == (q.shape, dtype, (2, 8, 7), torch.float32)
         q, k = (mode.from_tensor(torch.empty(n, h, 128, dtype=dtype)) for n, h in ((11, 4), (13, 1)))
         cu = mode.from_tensor(torch.tensor([0, 11], dtype=torch.int32))
-        out, lse = torch.ops.neva_cuda.flash_attention_with_kernel(q, k, k, False, 0.1, cu, cu, 11, 13, 80)
+        out, lse = torch.ops.neva_cuda.flash_attention(q, k, k, False, 0.1, cu, cu, 11, 13, kernel=80)
         assert (out.shape, lse.shape) == (q.shape, (4, 11))
 
 

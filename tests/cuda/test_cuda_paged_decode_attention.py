@@ -23,8 +23,7 @@ HEAD_LAYOUTS = [(4, 4, 64, 16), (8, 2, 80, 32), (8, 1, 128, 16), (8, 1, 256, 32)
 
 def decode(q, k_cache, v_cache, tables, seq_lens, scale, num_splits):
     """num_splits 1: the unsplit path; > 1: forced split-KV with the merge; 0: the heuristic."""
-    return torch.ops.neva_cuda.paged_decode_attention_with_splits(q, k_cache, v_cache, tables, seq_lens, scale,
-                                                                  num_splits)
+    return torch.ops.neva_cuda.paged_decode_attention(q, k_cache, v_cache, tables, seq_lens, scale, num_splits)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -24,16 +24,14 @@ OP_ARGS = "(Tensor image_features, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2,
 
 def test_schemas():
     assert str(torch.ops.neva_cuda.project_image_tokens.default._schema) == \
-        f"neva_cuda::project_image_tokens{OP_ARGS}) -> ()"
-    assert str(torch.ops.neva_cuda.project_image_tokens_with_kernel.default._schema) == \
-        f"neva_cuda::project_image_tokens_with_kernel{OP_ARGS}, int kernel) -> ()"
+        f"neva_cuda::project_image_tokens{OP_ARGS}, int kernel=0) -> ()"
 
 
 def test_fakes_write_in_place():
     with FakeTensorMode() as mode:
         args = [mode.from_tensor(t) for t in make_inputs(2, 5, 32, 48, 64, 16, torch.bfloat16, device="cpu")]
         assert torch.ops.neva_cuda.project_image_tokens(*args) is None
-        assert torch.ops.neva_cuda.project_image_tokens_with_kernel(*args, 80) is None
+        assert torch.ops.neva_cuda.project_image_tokens(*args, 80) is None
 
 
 def test_float32_and_cpu_calls_are_refused_with_the_reason():
@@ -55,7 +53,7 @@ def kernels_here() -> list[int]:
 
 def check_kernel(kernel, features, w1, b1, w2, b2, embeds, mask):
     out = embeds.clone()
-    torch.ops.neva_cuda.project_image_tokens_with_kernel(features, w1, b1, w2, b2, out, mask, kernel)
+    torch.ops.neva_cuda.project_image_tokens(features, w1, b1, w2, b2, out, mask, kernel)
     check_written(out, features, w1, b1, w2, b2, embeds, mask)
 
 
@@ -123,7 +121,7 @@ def test_llava_shapes(dtype, images, poisoned_outputs):
 def test_forcing_a_kernel_this_gpu_cannot_run_is_an_error():
     inputs = make_inputs(1, 4, 16, 32, 24, 8, torch.float16, device="cuda")
     with pytest.raises(RuntimeError, match="'kernel' must be"):
-        torch.ops.neva_cuda.project_image_tokens_with_kernel(*inputs, 75)
+        torch.ops.neva_cuda.project_image_tokens(*inputs, 75)
     if 90 not in kernels_here():
         with pytest.raises(RuntimeError, match="wgmma"):
-            torch.ops.neva_cuda.project_image_tokens_with_kernel(*inputs, 90)
+            torch.ops.neva_cuda.project_image_tokens(*inputs, 90)

@@ -20,13 +20,12 @@ SCHEMAS = {
                             "bool zero_centered_weight, Tensor residual) -> (Tensor, Tensor)",
     "paged_decode_attention":
         "neva_cuda::paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
-        "Tensor seq_lens, float softmax_scale) -> Tensor",
-    "paged_decode_attention_with_splits":
-        "neva_cuda::paged_decode_attention_with_splits(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
-        "Tensor seq_lens, float softmax_scale, int num_splits) -> Tensor",
+        "Tensor seq_lens, float softmax_scale, int num_splits=0) -> Tensor",
     "decode_num_splits": "neva_cuda::decode_num_splits(int batch, int kv_heads, int max_context, int sm_count) -> int",
     "append_kv_cache": "neva_cuda::append_kv_cache(Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, "
                        "Tensor slot_mapping) -> ()",
+    "compiled_shapes": "neva_cuda::compiled_shapes() -> (int[] decode_head_dims, int decode_max_group, "
+                       "int[] flash_sm80_head_dims, int[] flash_sm90_head_dims)",
 }
 
 
@@ -35,13 +34,17 @@ def test_schemas_match_the_contract():
 
 
 def test_schema_arguments_are_those_of_the_reference_functions():
+    """The reference's arguments, then only defaulted ones (which force a kernel path: tests, benchmarks)."""
     import inspect
 
     from neva_kernels import reference
     for op, reference_fn in (("paged_decode_attention", reference.paged_decode_attention),
-                             ("append_kv_cache", reference.append_kv_cache)):
+                             ("append_kv_cache", reference.append_kv_cache),
+                             ("flash_attention", reference.flash_attention),
+                             ("project_image_tokens", reference.project_image_tokens)):
         schema = getattr(torch.ops.neva_cuda, op).default._schema
-        assert [a.name for a in schema.arguments] == list(inspect.signature(reference_fn).parameters), op
+        required = [a.name for a in schema.arguments if not a.has_default_value()]
+        assert required == list(inspect.signature(reference_fn).parameters), op
     assert [a.name for a in torch.ops.neva_cuda.fused_add_rms_norm.default._schema.arguments] == \
         list(inspect.signature(nk.reference.rms_norm).parameters)
 
@@ -59,7 +62,7 @@ def test_fakes_give_the_shapes_and_dtypes(dtype):
         tables = mode.from_tensor(torch.zeros(4, 3, dtype=torch.int32))
         lens = mode.from_tensor(torch.zeros(4, dtype=torch.int32))
         out = torch.ops.neva_cuda.paged_decode_attention(q, cache, cache, tables, lens, 0.1)
-        split_out = torch.ops.neva_cuda.paged_decode_attention_with_splits(q, cache, cache, tables, lens, 0.1, 3)
+        split_out = torch.ops.neva_cuda.paged_decode_attention(q, cache, cache, tables, lens, 0.1, num_splits=3)
         assert all(t.shape == q.shape and t.dtype == dtype for t in (out, split_out))
 
         k = mode.from_tensor(torch.empty(5, 2, 128, dtype=dtype))
@@ -109,5 +112,19 @@ def test_calls_outside_the_decode_kernels_are_refused_with_the_reason():
         return backends.why_unable("paged_decode_attention", "cuda", torch.device("cuda"), args)
     assert reason(8, 2, 128) is None
     assert reason(32, 1, 256) is None
-    assert "head_dim" in reason(4, 4, 72)
-    assert "query heads per KV head" in reason(64, 1, 128)
+    assert reason(4, 4, 72) == "the cuda paged decode is compiled for head_dim 64, 80, 96, 128, 256, got 72"
+    assert reason(64, 1, 128) == "the cuda paged decode serves at most 32 query heads per KV head, got 64"
+
+
+def test_a_misaligned_cache_is_refused_by_the_support_check():
+    q, cache = torch.empty(1, 4, 64, dtype=torch.float16), torch.empty(2 * 16 * 2 * 64 + 1, dtype=torch.float16)
+    shifted = cache[1:].view(2, 16, 2, 64)
+    args = (q, shifted, shifted, torch.zeros(1, 1, dtype=torch.int32), torch.ones(1, dtype=torch.int32), 1.0)
+    assert backends.why_unable("paged_decode_attention", "cuda", torch.device("cuda"), args) == \
+        "the cuda paged decode copies pages in 16-byte units: 'k_cache' must start 16-byte aligned"
+
+
+def test_the_compiled_shapes_come_from_the_extension():
+    decode, group, flash, flash_sm90 = torch.ops.neva_cuda.compiled_shapes()
+    assert nk.cuda_backend.COMPILED == (tuple(decode), group, tuple(flash), tuple(flash_sm90))
+    assert group == 32 and set(flash_sm90) <= set(flash) and 128 in decode

@@ -13,25 +13,15 @@ namespace flash {
 template <typename T, int kHeadDim>
 cudaError_t flash_forward_sm80(const FlashAttentionParams& params, cudaStream_t stream);
 
-inline constexpr const char* kSm80HeadDims = "64, 80, 96, 128, 256";
-
-// f gets std::integral_constant<int, head_dim> for the head dims compiled for sm80.
-template <typename F>
-cudaError_t with_sm80_head_dim(int head_dim, F&& f) {
-  return with_head_dim<64, 80, 96, 128, 256>(head_dim, f);
-}
+// The head dims compiled for sm80.
+using Sm80HeadDims = HeadDimList<64, 80, 96, 128, 256>;
 
 // Defined in kernels/flash_attention_sm90.cuh; instantiated in forward_sm90_hdim*_*.cu.
 template <typename T, int kHeadDim>
 cudaError_t flash_forward_sm90(const FlashAttentionParams& params, cudaStream_t stream);
 
-inline constexpr const char* kSm90HeadDims = "64, 128";
-
-// f gets std::integral_constant<int, head_dim> for the head dims compiled for sm90.
-template <typename F>
-cudaError_t with_sm90_head_dim(int head_dim, F&& f) {
-  return with_head_dim<64, 128>(head_dim, f);
-}
+// The head dims compiled for sm90.
+using Sm90HeadDims = HeadDimList<64, 128>;
 
 }  // namespace flash
 }  // namespace neva
