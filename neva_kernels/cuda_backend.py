@@ -56,13 +56,8 @@ class CompiledShapes(NamedTuple):
 
 
 def _compiled_shapes() -> CompiledShapes:
-    if LOAD_ERROR is not None:
-        return CompiledShapes()
     decode, group, flash, flash_sm90 = torch.ops.neva_cuda.compiled_shapes()
     return CompiledShapes(tuple(decode), group, tuple(flash), tuple(flash_sm90))
-
-
-COMPILED = _compiled_shapes()
 
 
 def _flash_attention_outputs(q: torch.Tensor, cu_seqlens_q: torch.Tensor | None):
@@ -105,10 +100,12 @@ def _register_fakes() -> None:
         return None
 
 
+COMPILED = CompiledShapes()  # nothing, unless the extension loads and is current
 if LOAD_ERROR is None:
     try:
         _register_fakes()
-    except RuntimeError as error:  # an extension built from older sources lacks an op this file knows
+        COMPILED = _compiled_shapes()
+    except (RuntimeError, AttributeError) as error:  # an extension built from older sources lacks an op
         LOAD_ERROR = f"neva_kernels._C is out of date with its sources ({error}): rebuild it"
         backends.set_backend_missing("cuda", LOAD_ERROR)
 

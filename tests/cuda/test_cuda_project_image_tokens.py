@@ -11,6 +11,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import neva_kernels as nk
 from neva_kernels import backends
+from neva_kernels.architecture import is_hopper
 from tests.helpers import strided
 from tests.test_extension import needs_extension
 from tests.triton.test_flash_attention import GPU_DTYPES
@@ -47,7 +48,7 @@ def test_float32_and_cpu_calls_are_refused_with_the_reason():
 
 def kernels_here() -> list[int]:
     """The GEMM kernels this GPU runs: mma.sync everywhere, wgmma + TMA on Hopper when built for sm_90a."""
-    hopper = torch.cuda.get_device_capability()[0] == 9 and "sm_90a" in nk.cuda_backend.build_info()
+    hopper = is_hopper(torch.device("cuda")) and "sm_90a" in nk.cuda_backend.build_info()
     return [80, 90] if hopper else [80]
 
 
