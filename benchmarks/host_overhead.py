@@ -12,7 +12,8 @@ rounds) so that a shared, noisy machine slows them alike:
 - per layer: one decode step of neva's Engine against transformers' eager `generate` (no torch.compile, its
   default attention) on the same tiny decoder (hidden 64, 24 layers, GQA 2:1), batch 1, divided by the layers.
   A step's time is the difference of two generations that differ only in their number of new tokens, so
-  prefill and set-up cancel out. On a GPU the engine is timed with and without its CUDA graphs.
+  prefill and set-up cancel out. On a GPU the engine is timed with and without its CUDA graphs, on a CPU
+  eager and with its decode step compiled (Engine(compile_decode=True); compiled during the warm-up).
 
 Host time is the CPU time of the calling thread (torch at one thread), not wall-clock time: on a machine
 shared with other work, wall-clock time also counts the waits while other processes run. On a GPU it is the
@@ -184,10 +185,13 @@ def decode_step_calls(device: torch.device, short: int, long: int) -> dict[str, 
         return torch.inference_mode()(lambda: hf.generate(input_ids=hf_ids, max_new_tokens=n, min_new_tokens=n,
                                                           do_sample=False, pad_token_id=0))
 
-    engines = {"neva-engine": Engine(neva, max_batch_size=1, max_seq_len=PROMPT_TOKENS + long)}
+    make = (lambda **options: Engine(neva, max_batch_size=1, max_seq_len=PROMPT_TOKENS + long, **options))
+    # The default engine (CUDA graphs on a GPU, eager on a CPU), and on a CPU the compiled decode step too.
+    engines = {"neva-engine": make()}
     if device.type == "cuda":
-        engines["neva-engine-eager"] = Engine(neva, max_batch_size=1, max_seq_len=PROMPT_TOKENS + long,
-                                              cuda_graph=False)
+        engines["neva-engine-eager"] = make(cuda_graph=False)
+    else:
+        engines["neva-engine-compiled"] = make(compile_decode=True)
     calls = {name: (neva_generate(e, short), neva_generate(e, long)) for name, e in engines.items()}
     calls["hf-transformers-generate"] = (hf_generate(short), hf_generate(long))
     return calls

@@ -5,8 +5,9 @@ Every message names the op, the argument, what was expected and what was given, 
 
 Metadata checks (dtype, rank, shape, device) run in the public functions, so they also run on fake tensors
 while torch.compile traces. Checks of tensor *values* (index ranges, counts) need the data; they run inside the
-custom ops, and are skipped while a CUDA graph is being captured or when disabled: ``set_value_checks(False)``,
-within ``with value_checks(False):``, or ``NEVA_KERNELS_VALUE_CHECKS=0`` (each check costs a device sync on GPU).
+custom ops, and are skipped while a CUDA graph is being captured, while torch.compile traces, or when disabled:
+``set_value_checks(False)``, within ``with value_checks(False):``, or ``NEVA_KERNELS_VALUE_CHECKS=0`` (each check
+costs a device sync on GPU).
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def value_checks(enabled: bool) -> Iterator[None]:
 
 
 def value_checks_enabled(*tensors: torch.Tensor) -> bool:
-    if not _value_checks:
+    if not _value_checks or torch.compiler.is_compiling():  # a compiled graph cannot stop to read its values
         return False
     on_cuda = any(t is not None and t.is_cuda for t in tensors)
     return not (on_cuda and torch.cuda.is_current_stream_capturing())

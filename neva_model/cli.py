@@ -189,6 +189,9 @@ def _add_model_arguments(command: argparse.ArgumentParser) -> None:
     run.add_argument("--block-size", type=_int_at_least(1), default=16, help="tokens per KV-cache block")
     run.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                      help="replay decode steps from CUDA graphs (default: on CUDA devices)")
+    run.add_argument("--compile", action="store_true",
+                     help="run decode steps compiled by torch.compile (the first step of each batch size compiles "
+                          "for tens of seconds; not with --cuda-graph)")
 
 
 def _steerlm(args):
@@ -267,7 +270,8 @@ def ask(args) -> str:
                                   top_p=args.top_p, seed=args.seed, stop=tuple(args.stop),
                                   ignore_eos=args.ignore_eos)
         engine = Engine(model, max_batch_size=1, block_size=args.block_size, cuda_graph=args.cuda_graph,
-                        max_seq_len=len(ids) + max_new_tokens, detokenize=tokenizer.decode_generated)
+                        compile_decode=args.compile, max_seq_len=len(ids) + max_new_tokens,
+                        detokenize=tokenizer.decode_generated)
     prints = tp is None or tp.rank == 0  # every rank computes the answer, one prints it
 
     def stream(_, output) -> None:  # output: a StepOutput, its text the newly final part of the answer
@@ -290,7 +294,7 @@ def serve(args) -> None:
     model, tokenizer = _load(args)
     engine = Engine(model, max_batch_size=args.max_batch_size, max_seq_len=args.max_seq_len,
                     block_size=args.block_size, max_waiting=args.max_queue, cuda_graph=args.cuda_graph,
-                    detokenize=tokenizer.decode_generated)
+                    compile_decode=args.compile, detokenize=tokenizer.decode_generated)
     limits = ImageLimits(args.max_image_bytes, args.max_image_pixels, args.allow_remote_images)
     served = Served(engine, tokenizer, *checkpoint_image_stats(args.model), limits)
     serve(served, args.served_model_name or args.model.resolve().name, args.host, args.port, args.shutdown_timeout)

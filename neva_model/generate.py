@@ -30,6 +30,7 @@ from torch import Tensor
 
 from neva_kernels import NevaError, NevaTypeError, NevaValueError, OutOfBlocksError, PagedKVCache, value_checks
 
+from .compiled_decode import CompiledDecode
 from .cuda_graphs import DecodeGraphs
 from .decoder import AttentionBatch
 from .model import Neva, packed_prefill_batch
@@ -112,14 +113,16 @@ class Engine:
     def __init__(self, model: Neva, *, max_batch_size: int = 8, max_seq_len: int | None = None,
                  block_size: int = 16, num_blocks: int | None = None, max_waiting: int = 1024,
                  detokenize: Callable[[list[int]], str] | None = None, eos_token_ids: tuple[int, ...] | None = None,
-                 value_checks: bool = False, cuda_graph: bool | None = None):
+                 value_checks: bool = False, cuda_graph: bool | None = None, compile_decode: bool = False):
         """max_seq_len: the longest prompt + answer (default: min(2048, the model's max positions)).
         num_blocks: KV-cache blocks (default: enough for every slot at max_seq_len).
         max_waiting: requests that may wait for a slot; add_request refuses more (QueueFullError).
         value_checks: keep neva_kernels' data checks on inside the engine (each costs a device sync; the
         engine builds its slots, block tables and lengths itself, so they are off by default).
         cuda_graph: replay decode steps from CUDA graphs, one per batch-size bucket (neva_model.cuda_graphs);
-        default: on CUDA devices, not elsewhere (where it is an error)."""
+        default: on CUDA devices, not elsewhere (where it is an error).
+        compile_decode: run decode steps compiled by torch.compile, one compilation per batch-size bucket
+        (neva_model.compiled_decode); the first step of each bucket pays the compilation. Not with cuda_graph."""
         text = model.config.text
         max_seq_len = min(2048, text.max_position_embeddings) if max_seq_len is None else max_seq_len
         for name, value in (("max_batch_size", max_batch_size), ("max_seq_len", max_seq_len),
@@ -153,9 +156,16 @@ class Engine:
             new(max_batch_size)
         self.step_block_tables = new(max_batch_size, width, dtype=torch.int32)
         self.step_seq_lens = new(max_batch_size, dtype=torch.int32)
+        if compile_decode and cuda_graph:
+            raise NevaValueError("Engine: compile_decode and cuda_graph exclude each other, got both")
+        if compile_decode and model.tensor_parallel is not None:
+            raise NevaValueError("Engine: compile_decode is not available with tensor parallelism "
+                                 "(collectives inside compiled steps are untried)")
         if cuda_graph is None:  # (not yet with tensor parallelism: collectives inside captured graphs are untried)
-            cuda_graph = self.device.type == "cuda" and model.tensor_parallel is None
-        self.graphs = DecodeGraphs(self.decode_forward, max_batch_size, self.device) if cuda_graph else None
+            cuda_graph = self.device.type == "cuda" and model.tensor_parallel is None and not compile_decode
+        # What runs a decode step other than decode_forward itself (None: eager).
+        self.step_runner = (DecodeGraphs(self.decode_forward, max_batch_size, self.device) if cuda_graph
+                            else CompiledDecode(self.decode_forward, max_batch_size) if compile_decode else None)
 
     @property
     def allocator(self):
@@ -342,7 +352,7 @@ class Engine:
             active = [(i, s) for i, s in enumerate(self.slots) if s is not None]
             self._fill_step_tensors(active)
             span = active[-1][0] + 1  # the step runs the slots up to the last occupied one
-            logits = self.graphs.run(span) if self.graphs else self.decode_forward(span)
+            logits = self.step_runner.run(span) if self.step_runner else self.decode_forward(span)
             sequences = [s for _, s in active]
             new = self._sample(logits[[i for i, _ in active]], sequences)
         self.timings.decode_tokens += len(active)

@@ -13,7 +13,7 @@ from .paged_decode_attention import expect_kv_cache
 OP = "append_kv_cache"
 
 
-@define("append_kv_cache", mutates_args=("k_cache", "v_cache"))
+@define("append_kv_cache", mutates_args=("k_cache", "v_cache"), trace_torch_backend=True)
 def _append_kv_cache(k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, slot_mapping: Tensor,
                      backend: str) -> None:
     if value_checks_enabled(k):
@@ -21,7 +21,7 @@ def _append_kv_cache(k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, slo
     backends.implementation(OP, backend)(k, v, k_cache, v_cache, slot_mapping)
 
 
-@torch.library.register_fake(_append_kv_cache)
+@torch.library.register_fake(_append_kv_cache.overload)
 def _(k, v, k_cache, v_cache, slot_mapping, backend):
     return None
 

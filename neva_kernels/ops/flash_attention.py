@@ -38,7 +38,7 @@ def _flash_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, softmax_scal
                                                 max_seqlen_q, max_seqlen_k)
 
 
-@torch.library.register_fake(_flash_attention)
+@torch.library.register_fake(_flash_attention.overload)
 def _(q, k, v, causal, softmax_scale, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, backend):
     return q.new_empty(q.shape), q.new_empty(lse_shape(q, packed=cu_seqlens_q is not None), dtype=compute_dtype(q))
 
@@ -53,7 +53,7 @@ def _flash_attention_backward(grad_out: Tensor, grad_lse: Tensor, q: Tensor, k: 
         max_seqlen_k)
 
 
-@torch.library.register_fake(_flash_attention_backward)
+@torch.library.register_fake(_flash_attention_backward.overload)
 def _(grad_out, grad_lse, q, k, v, out, lse, *rest):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
@@ -74,7 +74,7 @@ def _flash_attention_grad(ctx, grad_out, grad_lse):
     return grad_q, grad_k, grad_v, None, None, None, None, None, None, None
 
 
-torch.library.register_autograd(_flash_attention, _flash_attention_grad, setup_context=_save_for_backward)
+torch.library.register_autograd(_flash_attention.overload, _flash_attention_grad, setup_context=_save_for_backward)
 
 
 def _check_layout(q: Tensor, k: Tensor, v: Tensor, packed: bool) -> None:

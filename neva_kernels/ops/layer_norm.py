@@ -13,24 +13,24 @@ from ._row_norm import check_row_norm_args
 OP = "layer_norm"
 
 
-@define("layer_norm")
+@define("layer_norm", trace_torch_backend=True)
 def _layer_norm(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float, zero_centered_weight: bool,
                 backend: str) -> Tensor:
     return backends.implementation(OP, backend)(x, weight, bias, eps, None, zero_centered_weight)
 
 
-@torch.library.register_fake(_layer_norm)
+@torch.library.register_fake(_layer_norm.overload)
 def _(x, weight, bias, eps, zero_centered_weight, backend):
     return x.new_empty(x.shape)
 
 
-@define("fused_add_layer_norm")
+@define("fused_add_layer_norm", trace_torch_backend=True)
 def _fused_add_layer_norm(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float, zero_centered_weight: bool,
                           residual: Tensor, backend: str) -> tuple[Tensor, Tensor]:
     return backends.implementation(OP, backend)(x, weight, bias, eps, residual, zero_centered_weight)
 
 
-@torch.library.register_fake(_fused_add_layer_norm)
+@torch.library.register_fake(_fused_add_layer_norm.overload)
 def _(x, weight, bias, eps, zero_centered_weight, residual, backend):
     return x.new_empty(x.shape), x.new_empty(x.shape)
 
@@ -41,7 +41,7 @@ def _layer_norm_backward(grad_y: Tensor, h: Tensor, weight: Tensor, eps: float, 
     return backends.implementation("layer_norm_backward", backend)(grad_y, h, weight, eps, zero_centered_weight)
 
 
-@torch.library.register_fake(_layer_norm_backward)
+@torch.library.register_fake(_layer_norm_backward.overload)
 def _(grad_y, h, weight, eps, zero_centered_weight, backend):
     return h.new_empty(h.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape)
 
@@ -74,8 +74,8 @@ def _fused_add_layer_norm_grad(ctx, grad_y, grad_h):
     return grad_sum, grad_weight, grad_bias, None, None, grad_sum, None
 
 
-torch.library.register_autograd(_layer_norm, _layer_norm_grad, setup_context=_save_normalized_input)
-torch.library.register_autograd(_fused_add_layer_norm, _fused_add_layer_norm_grad,
+torch.library.register_autograd(_layer_norm.overload, _layer_norm_grad, setup_context=_save_normalized_input)
+torch.library.register_autograd(_fused_add_layer_norm.overload, _fused_add_layer_norm_grad,
                                 setup_context=_save_normalized_input)
 
 

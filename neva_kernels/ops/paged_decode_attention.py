@@ -33,7 +33,7 @@ def _check_values(block_tables: Tensor, seq_lens: Tensor, num_blocks: int, block
     expect_index_range(OP, "block_tables (blocks in use)", block_tables[used], 0, num_blocks)
 
 
-@define("paged_decode_attention")
+@define("paged_decode_attention", trace_torch_backend=True)
 def _paged_decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor, seq_lens: Tensor,
                             softmax_scale: float, backend: str) -> Tensor:
     if value_checks_enabled(q):
@@ -41,7 +41,7 @@ def _paged_decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_t
     return backends.implementation(OP, backend)(q, k_cache, v_cache, block_tables, seq_lens, softmax_scale)
 
 
-@torch.library.register_fake(_paged_decode_attention)
+@torch.library.register_fake(_paged_decode_attention.overload)
 def _(q, k_cache, v_cache, block_tables, seq_lens, softmax_scale, backend):
     return q.new_empty(q.shape)
 

@@ -29,7 +29,7 @@ def _project_image_tokens(image_features: Tensor, w1: Tensor, b1: Tensor | None,
     backends.implementation(OP, backend)(image_features, w1, b1, w2, b2, inputs_embeds, image_token_mask)
 
 
-@torch.library.register_fake(_project_image_tokens)
+@torch.library.register_fake(_project_image_tokens.overload)
 def _(image_features, w1, b1, w2, b2, inputs_embeds, image_token_mask, backend):
     return None
 
@@ -43,12 +43,12 @@ def _project_image_tokens_functional(image_features: Tensor, w1: Tensor, b1: Ten
     return out
 
 
-@torch.library.register_fake(_project_image_tokens_functional)
+@torch.library.register_fake(_project_image_tokens_functional.overload)
 def _(image_features, w1, b1, w2, b2, inputs_embeds, image_token_mask, backend):
     return inputs_embeds.new_empty(inputs_embeds.shape)
 
 
-register_recompute_autograd(_project_image_tokens_functional, reference.project_image_tokens_functional)
+register_recompute_autograd(_project_image_tokens_functional.overload, reference.project_image_tokens_functional)
 
 
 def _check(image_features, w1, b1, w2, b2, inputs_embeds, image_token_mask) -> None:

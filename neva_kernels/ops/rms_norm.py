@@ -11,22 +11,22 @@ from ._row_norm import check_row_norm_args
 OP = "rms_norm"
 
 
-@define("rms_norm")
+@define("rms_norm", trace_torch_backend=True)
 def _rms_norm(x: Tensor, weight: Tensor, eps: float, backend: str) -> Tensor:
     return backends.implementation(OP, backend)(x, weight, eps)
 
 
-@torch.library.register_fake(_rms_norm)
+@torch.library.register_fake(_rms_norm.overload)
 def _(x, weight, eps, backend):
     return x.new_empty(x.shape)
 
 
-@define("fused_add_rms_norm")
+@define("fused_add_rms_norm", trace_torch_backend=True)
 def _fused_add_rms_norm(x: Tensor, weight: Tensor, eps: float, residual: Tensor, backend: str) -> tuple[Tensor, Tensor]:
     return backends.implementation(OP, backend)(x, weight, eps, residual)
 
 
-@torch.library.register_fake(_fused_add_rms_norm)
+@torch.library.register_fake(_fused_add_rms_norm.overload)
 def _(x, weight, eps, residual, backend):
     return x.new_empty(x.shape), x.new_empty(x.shape)
 
@@ -36,7 +36,7 @@ def _rms_norm_backward(grad_y: Tensor, h: Tensor, weight: Tensor, eps: float, ba
     return backends.implementation("rms_norm_backward", backend)(grad_y, h, weight, eps)
 
 
-@torch.library.register_fake(_rms_norm_backward)
+@torch.library.register_fake(_rms_norm_backward.overload)
 def _(grad_y, h, weight, eps, backend):
     return h.new_empty(h.shape), weight.new_empty(weight.shape)
 
@@ -67,8 +67,8 @@ def _fused_add_rms_norm_grad(ctx, grad_y, grad_h):
     return grad_sum, grad_weight, None, grad_sum, None
 
 
-torch.library.register_autograd(_rms_norm, _rms_norm_grad, setup_context=_save_normalized_input)
-torch.library.register_autograd(_fused_add_rms_norm, _fused_add_rms_norm_grad,
+torch.library.register_autograd(_rms_norm.overload, _rms_norm_grad, setup_context=_save_normalized_input)
+torch.library.register_autograd(_fused_add_rms_norm.overload, _fused_add_rms_norm_grad,
                                 setup_context=_save_normalized_input)
 
 

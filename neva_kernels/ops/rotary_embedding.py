@@ -13,7 +13,7 @@ from ._library import define
 OP = "rotary_embedding"
 
 
-@define("rotary_embedding")
+@define("rotary_embedding", trace_torch_backend=True)
 def _rotary_embedding(q: Tensor, k: Tensor, positions: Tensor, cos_sin_cache: Tensor, interleaved: bool,
                       backend: str) -> tuple[Tensor, Tensor]:
     if value_checks_enabled(q):
@@ -21,12 +21,12 @@ def _rotary_embedding(q: Tensor, k: Tensor, positions: Tensor, cos_sin_cache: Te
     return backends.implementation(OP, backend)(q, k, positions, cos_sin_cache, interleaved)
 
 
-@torch.library.register_fake(_rotary_embedding)
+@torch.library.register_fake(_rotary_embedding.overload)
 def _(q, k, positions, cos_sin_cache, interleaved, backend):
     return q.new_empty(q.shape), k.new_empty(k.shape)
 
 
-register_recompute_autograd(_rotary_embedding, reference.rotary_embedding)
+register_recompute_autograd(_rotary_embedding.overload, reference.rotary_embedding)
 
 
 def rotary_embedding(q: Tensor, k: Tensor, positions: Tensor, cos_sin_cache: Tensor, interleaved: bool = False, *,

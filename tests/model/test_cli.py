@@ -103,6 +103,7 @@ def test_cuda_graphs_follow_the_engine_default_unless_turned_on_or_off():
     assert ask().cuda_graph is None  # Engine's default: graphs on CUDA devices, eager elsewhere
     assert ask("--no-cuda-graph").cuda_graph is False
     assert ask("--cuda-graph").cuda_graph is True
+    assert ask().compile is False and ask("--compile").compile is True
 
 
 def test_ask_on_a_checkpoint_with_wrong_shapes_names_the_tensor(model_dir, image_file, tmp_path, capsys):
@@ -184,6 +185,8 @@ def test_cuda_without_a_gpu_is_refused(image_file, capsys):
     _fails(_ask(image_file, "--device", "cuda:1"), capsys, 2, "'cuda:1' asked for, but torch sees no CUDA GPU")
     _fails(_ask(image_file, "--cuda-graph", "--device", "cpu"), capsys, 1,
            "cuda_graph needs the model on a CUDA device, it is on cpu")
+    _fails(_ask(image_file, "--cuda-graph", "--compile", "--device", "cpu"), capsys, 1,
+           "compile_decode and cuda_graph exclude each other")
 
 
 @pytest.mark.parametrize("extra, message", [

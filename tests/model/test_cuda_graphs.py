@@ -20,7 +20,7 @@ def test_graphs_are_refused_off_cuda_and_off_by_default_there(tiny_checkpoint):
     model = load_neva(tiny_checkpoint[2])
     with pytest.raises(NevaValueError, match="cuda_graph needs the model on a CUDA device, it is on cpu"):
         Engine(model, cuda_graph=True)
-    assert Engine(model).graphs is None
+    assert Engine(model).step_runner is None
 
 
 @pytest.fixture(scope="module")
@@ -55,21 +55,21 @@ def _fill_step(engine: Engine, lengths: list[int], generator: torch.Generator) -
 def test_every_bucket_replays_exactly_the_eager_step(gpu_model, active, bucket):
     """`active` sequences in the first slots: the bucket's graph gives the eager step's logits, bit for bit."""
     engine = Engine(gpu_model, max_batch_size=8, max_seq_len=64, block_size=4)
-    assert engine.graphs is not None and engine.graphs.buckets == (1, 2, 4, 8)  # on by default on CUDA
+    assert engine.step_runner is not None and engine.step_runner.buckets == (1, 2, 4, 8)  # on by default on CUDA
     generator = torch.Generator().manual_seed(active)
     _fill_step(engine, [int(n) for n in torch.randint(1, 60, (active,), generator=generator)], generator)
-    assert engine.graphs.bucket(active) == bucket
+    assert engine.step_runner.bucket(active) == bucket
     with torch.inference_mode():
         eager = engine.decode_forward(bucket).clone()
         k_cache = engine.cache.k.clone()
         for _ in range(2):  # the first run captures, the second replays the captured graph
-            replayed = engine.graphs.run(active).clone()
+            replayed = engine.step_runner.run(active).clone()
             torch.cuda.synchronize()
             assert torch.equal(replayed, eager)
             assert torch.equal(engine.cache.k, k_cache)  # the step's K/V written once more, to the same slots
         padded = engine.decode_forward(active)  # the bucket's idle rows change nothing in the active ones
     torch.testing.assert_close(replayed[:active], padded, rtol=1e-5, atol=1e-5)
-    assert list(engine.graphs.captured) == [bucket]
+    assert list(engine.step_runner.captured) == [bucket]
 
 
 @pytest.mark.gpu
@@ -92,4 +92,4 @@ def test_requests_joining_and_leaving_between_replays_get_the_eager_tokens(gpu_m
         assert engine.allocator.num_free_blocks == engine.allocator.num_blocks
     assert runs[True] == runs[False]
     assert [len(t) for t in runs[True]] == [r.sampling.max_new_tokens for r in requests]
-    assert len(engine.graphs.captured) > 1  # the batch shrank and grew across buckets
+    assert len(engine.step_runner.captured) > 1  # the batch shrank and grew across buckets
