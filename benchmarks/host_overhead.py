@@ -6,9 +6,10 @@ arithmetic is negligible, interleaved round by round (every implementation once 
 rounds) so that a shared, noisy machine slows them alike:
 
 - per op: each public op on the torch backend, with its value checks (on for a user's calls) and without (as
-  the Engine calls it), against the same maths in raw torch ops (the reference function called directly: no
-  checks, no custom-op dispatch, no backend choice); the difference is neva's overhead per call. On a GPU the
-  public op is also timed on its automatic backend.
+  the Engine calls it), against the maths it runs called directly (the torch backend's function: no checks, no
+  custom-op dispatch, no backend choice; the difference is neva's overhead per call) and against the reference
+  function ("raw-torch", the torch backend's maths before neva_kernels.torch_backend). On a GPU the public op
+  is also timed on its automatic backend.
 - per layer: one decode step of neva's Engine against transformers' eager `generate` (no torch.compile, its
   default attention) on the same tiny decoder (hidden 64, 24 layers, GQA 2:1), batch 1, divided by the layers.
   A step's time is the difference of two generations that differ only in their number of new tokens, so
@@ -120,10 +121,11 @@ def _without_value_checks(call: Callable[[], object]) -> Callable[[], object]:
 
 
 def _op_case(op: str, label: str, public: Callable, args: tuple, device: torch.device, quick: bool) -> Case:
-    raw = getattr(reference, op)
+    raw, backend_maths = getattr(reference, op), nk.backends.implementation(op, "torch")
     checked = (lambda: public(*args, backend="torch"))
     calls = {"neva-op": torch.inference_mode()(checked),
              "neva-op-no-value-checks": torch.inference_mode()(_without_value_checks(checked)),
+             "torch-backend-maths": torch.inference_mode()(lambda: backend_maths(*args)),
              "raw-torch": torch.inference_mode()(lambda: raw(*args))}
     automatic = _automatic_backend(op, args)
     if automatic != "torch":
