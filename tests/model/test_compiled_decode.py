@@ -40,3 +40,9 @@ def test_requests_joining_and_leaving_get_the_eager_tokens(model):
         assert engine.allocator.num_free_blocks == engine.allocator.num_blocks
     assert runs[True] == runs[False]
     assert [len(t) for t in runs[True]] == [r.sampling.max_new_tokens for r in requests]
+
+
+def test_compile_is_refused_under_tensor_parallelism(model, monkeypatch):
+    monkeypatch.setattr(model, "tensor_parallel", object())  # what neva_model.parallel sets on a sharded model
+    with pytest.raises(NevaValueError, match="compile_decode is not available with tensor parallelism"):
+        Engine(model, compile_decode=True)
