@@ -1,7 +1,10 @@
 """Assertions and input makers shared by the kernel tests."""
 from __future__ import annotations
 
+import pytest
 import torch
+
+from tests.test_extension import needs_extension
 
 # The floor added to the tolerance rule, by input dtype: absorbs errors at the level of one rounding.
 FLOOR = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
@@ -28,3 +31,15 @@ def strided(t: torch.Tensor) -> torch.Tensor:
     view.copy_(t)
     assert not view.is_contiguous()
     return view
+
+
+# The kernel backends an op's tests run on: cuda's cases need a GPU and the built extension.
+BACKEND_MARKS = {"triton": (), "cuda": (pytest.mark.gpu, needs_extension)}
+
+
+def on_backend(backend: str, *values) -> pytest.param:
+    """One case of a test parametrized (backend, *values), marked as its backend needs."""
+    return pytest.param(backend, *values, marks=BACKEND_MARKS[backend])
+
+
+BACKENDS = [on_backend(backend) for backend in BACKEND_MARKS]

@@ -1,0 +1,81 @@
+"""Problem makers shared by the per-op kernel tests: random inputs of an op on a device, and the check of a
+backend's result against the float64 reference by the tolerance rule (tests/helpers.assert_close_by_rule).
+
+Triton runs on the GPU where there is one, else under its interpreter (float16/float32: numpy has no bfloat16);
+cuda runs on a GPU only.
+"""
+from __future__ import annotations
+
+import torch
+
+import neva_kernels as nk
+from neva_kernels import reference
+from tests.helpers import assert_close_by_rule
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+INTERPRETER_DTYPES = [torch.float32, torch.float16]
+GPU_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def device_for(backend: str) -> str:
+    return "cuda" if backend == "cuda" else DEVICE
+
+
+def _double(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.double()
+
+
+# ---- rms_norm ------------------------------------------------------------------------------------------
+
+def rms_norm_inputs(shape, dtype, device=DEVICE):
+    """x, weight (around 1), residual."""
+    x = torch.randn(shape, dtype=dtype, device=device) * 3
+    weight = torch.rand(shape[-1], dtype=dtype, device=device) + 0.5
+    residual = torch.randn(shape, dtype=dtype, device=device)
+    return x, weight, residual
+
+
+def check_rms_norm(x, weight, residual, eps=1e-5, backend="triton"):
+    """`backend`'s rms_norm (fused when residual is given) against the float64 reference, by the rule."""
+    out = nk.rms_norm(x, weight, eps, residual=residual, backend=backend)
+    baseline = reference.rms_norm(x, weight, eps, residual)
+    if residual is None:
+        assert_close_by_rule(out, reference.rms_norm(x.double(), weight.double(), eps), baseline, "rms_norm")
+        return
+    (y, h), (baseline_y, baseline_h) = out, baseline
+    # The updated residual is x + residual rounded once to the input dtype: exactly PyTorch's own add.
+    assert torch.equal(h, baseline_h), "fused rms_norm: the updated residual differs from x + residual"
+    truth_y = reference.rms_norm(h.double(), weight.double(), eps)  # the rounded sum, normalized exactly
+    assert_close_by_rule(y, truth_y, baseline_y, "fused rms_norm")
+
+
+# ---- layer_norm ----------------------------------------------------------------------------------------
+
+LAYER_NORM_VARIANTS = [  # (with bias, zero-centred weight)
+    (True, False), (False, True), (True, True)]
+
+
+def layer_norm_inputs(shape, dtype, device=DEVICE):
+    """x with an offset (the mean matters), a weight around 1, bias, residual."""
+    x = torch.randn(shape, dtype=dtype, device=device) * 3 + 1.5
+    weight = torch.rand(shape[-1], dtype=dtype, device=device) + 0.5
+    bias = torch.randn(shape[-1], dtype=dtype, device=device)
+    residual = torch.randn(shape, dtype=dtype, device=device)
+    return x, weight, bias, residual
+
+
+def check_layer_norm(x, weight, bias, residual, zero_centered_weight, eps=1e-5, backend="triton"):
+    """`backend`'s layer_norm (fused when residual is given) against the float64 reference, by the rule; a
+    zero-centred weight is the given one minus 1 (so both variants scale by about the same)."""
+    if zero_centered_weight:
+        weight = weight - 1
+    out = nk.layer_norm(x, weight, bias, eps, residual, zero_centered_weight, backend=backend)
+    baseline = reference.layer_norm(x, weight, bias, eps, residual, zero_centered_weight)
+    if residual is None:
+        truth = reference.layer_norm(x.double(), weight.double(), _double(bias), eps, None, zero_centered_weight)
+        assert_close_by_rule(out, truth, baseline, "layer_norm")
+        return
+    (y, h), (baseline_y, baseline_h) = out, baseline
+    assert torch.equal(h, baseline_h), "fused layer_norm: the updated residual differs from x + residual"
+    truth_y = reference.layer_norm(h.double(), weight.double(), _double(bias), eps, None, zero_centered_weight)
+    assert_close_by_rule(y, truth_y, baseline_y, "fused layer_norm")
