@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from neva_kernels import NevaError, NevaTypeError, NevaValueError, OutOfBlocksError, PagedKVCache, value_checks
+from neva_kernels.errors import expect_int
 
 from .compiled_decode import CompiledDecode
 from .cuda_graphs import DecodeGraphs
@@ -99,13 +100,6 @@ class _Sequence:
         return len(self.request.input_ids) + self.request.sampling.max_new_tokens
 
 
-def _positive_int(name: str, value, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise NevaValueError(f"Engine: {name} must be an int >= 1{' or None' if allow_none else ''}, got {value!r}")
-
-
 class Engine:
     """Generates answers to NeVA requests with `model` (a Neva in eval mode, on its device). Not thread-safe:
     one thread calls add_request / step / abort (the server hands requests to its engine thread)."""
@@ -127,8 +121,9 @@ class Engine:
         max_seq_len = min(2048, text.max_position_embeddings) if max_seq_len is None else max_seq_len
         for name, value in (("max_batch_size", max_batch_size), ("max_seq_len", max_seq_len),
                             ("block_size", block_size), ("max_waiting", max_waiting)):
-            _positive_int(name, value)
-        _positive_int("num_blocks", num_blocks, allow_none=True)
+            expect_int("Engine", name, value, minimum=1)
+        if num_blocks is not None:
+            expect_int("Engine", "num_blocks", num_blocks, minimum=1)
         if max_seq_len > text.max_position_embeddings:
             raise NevaValueError(f"Engine: max_seq_len must be in 1..{text.max_position_embeddings} "
                                  f"(the model's max_position_embeddings), got {max_seq_len}")

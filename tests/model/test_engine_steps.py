@@ -1,4 +1,6 @@
 """The engine's step-wise API: requests joining a running batch, aborts at any step, the bounded queue, checks."""
+import re
+
 import pytest
 import torch
 
@@ -125,15 +127,16 @@ def test_streamed_text_is_the_answer_and_never_shows_a_stop_string(model, reques
     assert completion.finish_reason == "stop"
 
 
-@pytest.mark.parametrize("options, message", [
-    (dict(num_blocks=0), "num_blocks must be an int >= 1 or None, got 0"),
-    (dict(max_batch_size=0), "max_batch_size must be an int >= 1, got 0"),
-    (dict(block_size=2.5), "block_size must be an int >= 1, got 2.5"),
-    (dict(max_waiting=True), "max_waiting must be an int >= 1, got True"),
-    (dict(max_seq_len=0), "max_seq_len must be an int >= 1, got 0"),
+@pytest.mark.parametrize("options, error, message", [
+    (dict(num_blocks=0), NevaValueError, "Engine: 'num_blocks' must be >= 1, got 0"),
+    (dict(num_blocks="8"), NevaTypeError, "Engine: 'num_blocks' must be an int, got str '8'"),
+    (dict(max_batch_size=0), NevaValueError, "Engine: 'max_batch_size' must be >= 1, got 0"),
+    (dict(block_size=2.5), NevaTypeError, "Engine: 'block_size' must be an int, got float 2.5"),
+    (dict(max_waiting=True), NevaTypeError, "Engine: 'max_waiting' must be an int, got bool True"),
+    (dict(max_seq_len=0), NevaValueError, "Engine: 'max_seq_len' must be >= 1, got 0"),
 ])
-def test_engine_arguments_are_checked(model, options, message):
-    with pytest.raises(NevaValueError, match=message):
+def test_engine_arguments_are_checked(model, options, error, message):
+    with pytest.raises(error, match=f"^{re.escape(message)}$"):
         Engine(model, **options)
     with pytest.raises(NevaTypeError, match="detokenize must be callable"):
         Engine(model, detokenize="words")
