@@ -10,7 +10,8 @@ Overrides, strongest first:
   1. ``backend=`` on the call;
   2. a per-op setting: ``NEVA_KERNELS_BACKEND="rms_norm=cuda,flash_attention=triton"`` or ``set_backend(..., op=)``;
   3. a global setting: ``NEVA_KERNELS_BACKEND=torch`` or ``set_backend("torch")``.
-Settings 2 and 3 can also hold for a block only: ``with use_backend("torch"):``.
+Settings 2 and 3 can also hold for a block only: ``with use_backend("torch"):``. NEVA_KERNELS_BACKEND is read at
+the first op call or backend setting (or read_environment()), so a bad value raises there, not at import.
 A requested backend that cannot run the call raises BackendUnavailableError saying why: never a silent fallback.
 
 What depends only on (op, device, dtype, requested backend) — which backends are built, run on that device and
@@ -30,7 +31,8 @@ import torch
 from .architecture import architecture
 from .errors import BackendUnavailableError, NevaValueError
 
-__all__ = ["BACKENDS", "OPS", "BackendUnavailableError", "choose", "register", "set_backend", "use_backend"]
+__all__ = ["BACKENDS", "OPS", "BackendUnavailableError", "choose", "read_environment", "register", "set_backend",
+           "use_backend"]
 
 BACKENDS = ("cuda", "triton", "torch")
 OPS = ("rms_norm", "layer_norm", "flash_attention", "paged_decode_attention", "append_kv_cache", "rotary_embedding",
@@ -97,25 +99,30 @@ def _check_backend_name(name: str, source: str) -> str:
     return name
 
 
-def set_backend(backend: str | None, op: str | None = None) -> None:
-    """Force `backend` for every op (op=None) or for one op; None restores the automatic choice."""
+def _store(backend: str | None, op: str | None) -> None:
     global _global_choice
-    if backend is not None:
-        _check_backend_name(backend, "set_backend")
     if op is None:
         _global_choice = backend
-        return
-    if op not in OPS:
-        raise NevaValueError(f"set_backend: op must be one of {', '.join(OPS)}, got '{op}'")
-    if backend is None:
+    elif backend is None:
         _per_op_choice.pop(op, None)
     else:
         _per_op_choice[op] = backend
 
 
+def set_backend(backend: str | None, op: str | None = None) -> None:
+    """Force `backend` for every op (op=None) or for one op; None restores the automatic choice."""
+    if backend is not None:
+        _check_backend_name(backend, "set_backend")
+    if op is not None and op not in OPS:
+        raise NevaValueError(f"set_backend: op must be one of {', '.join(OPS)}, got '{op}'")
+    read_environment()  # first, so that this call overrides it
+    _store(backend, op)
+
+
 @contextmanager
 def use_backend(backend: str, op: str | None = None) -> Iterator[None]:
     """Within the block, force `backend` as set_backend does; the previous setting comes back afterwards."""
+    read_environment()
     previous = _global_choice if op is None else _per_op_choice.get(op)
     set_backend(backend, op)
     try:
@@ -124,18 +131,31 @@ def use_backend(backend: str, op: str | None = None) -> Iterator[None]:
         set_backend(previous, op)
 
 
+_environment_read = False
+
+
 def _read_environment() -> None:
-    """Parse NEVA_KERNELS_BACKEND: 'triton', or 'rms_norm=cuda,flash_attention=triton', or both mixed."""
+    """Parse NEVA_KERNELS_BACKEND ('triton', or 'rms_norm=cuda,flash_attention=triton', or both mixed) and apply
+    it; a bad entry raises before any is applied, and the variable is read again on the next use."""
+    global _environment_read
     text = os.environ.get("NEVA_KERNELS_BACKEND", "").strip()
+    settings = []
     for entry in filter(None, (part.strip() for part in text.split(","))):
         op, _, name = entry.rpartition("=")
         _check_backend_name(name.strip(), "NEVA_KERNELS_BACKEND")
         if op and op.strip() not in OPS:
             raise NevaValueError(f"NEVA_KERNELS_BACKEND: op must be one of {', '.join(OPS)}, got '{op.strip()}'")
-        set_backend(name.strip(), op.strip() or None)
+        settings.append((name.strip(), op.strip() or None))
+    for backend, op in settings:
+        _store(backend, op)
+    _environment_read = True
 
 
-_read_environment()
+def read_environment() -> None:
+    """Apply NEVA_KERNELS_BACKEND unless done already; raises NevaValueError naming a bad value. Ops and the
+    backend settings call it; a program calls it to report a bad value before doing any work."""
+    if not _environment_read:
+        _read_environment()
 
 
 # ---- the choice per call ---------------------------------------------------------------------------------
@@ -213,6 +233,7 @@ def _resolve(op: str, device: torch.device, dtype: torch.dtype, requested: str |
 
 def choose(op: str, device: torch.device, args: tuple, requested: str | None = None) -> str:
     """The backend that runs `op(*args)`: the requested one (per call, per op, global) or the best able one."""
+    read_environment()
     requested = requested or _per_op_choice.get(op) or _global_choice
     key = (op, device, _float_dtype(args), requested)
     candidates = _candidates.get(key)

@@ -6,7 +6,7 @@ on a shapes task by `python -m neva_model.train`).
 The answer goes to stdout (streamed with --stream), the timing line to stderr. Every failure is one line on
 stderr, ``neva: error: ...``, from the one error boundary in main(): exit status 2 for a malformed argument,
 130 for Ctrl-C, 1 otherwise. torch and the model stack are imported inside that boundary (in the functions
-below), since importing neva_kernels already reads NEVA_KERNELS_BACKEND and refuses a bad value.
+below); main() reads NEVA_KERNELS_BACKEND first, so a bad value is refused before any work.
 """
 from __future__ import annotations
 
@@ -382,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         import neva_kernels
 
         from .parallel.launch import process_group, world_size
+
+        neva_kernels.backends.read_environment()
 
         if args.command != "ask" and world_size() > 1:
             raise UsageError(f"neva {args.command} runs in one process, not under torchrun "

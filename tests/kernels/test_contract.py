@@ -1,11 +1,17 @@
 """The op contract: custom ops pass opcheck, compile without graph breaks, differentiate, and pick backends."""
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import neva_kernels as nk
 from neva_kernels import backends, reference
+
+ROOT = str(Path(__file__).resolve().parents[2])
 
 
 def small_inputs(dtype=torch.float32, requires_grad=False, hidden=769, d=40):
@@ -207,6 +213,27 @@ def test_environment_variable_is_parsed(monkeypatch, restore_backend_settings):
     monkeypatch.setenv("NEVA_KERNELS_BACKEND", "group_norm=torch")
     with pytest.raises(nk.NevaValueError, match="op must be one of"):
         backends._read_environment()
+
+
+def test_a_bad_environment_variable_raises_at_first_use_and_at_every_use_after(monkeypatch):
+    """Importing neva_kernels does not read NEVA_KERNELS_BACKEND (a bad value must not break `import`); the first
+    op call does, and a bad value applies nothing and is refused again by the next use."""
+    monkeypatch.setattr(backends, "_environment_read", False)
+    monkeypatch.setenv("NEVA_KERNELS_BACKEND", "torch, rms_norm=fastest")
+    i, before = small_inputs(), (backends._global_choice, dict(backends._per_op_choice))
+    for use in (lambda: nk.rms_norm(i["x"], i["weight"]), lambda: nk.set_backend("torch"),
+                backends.read_environment):
+        with pytest.raises(nk.NevaValueError, match="^NEVA_KERNELS_BACKEND: backend must be one of cuda, triton, "
+                                                    "torch, got 'fastest'$"):
+            use()
+    assert (backends._global_choice, backends._per_op_choice) == before
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch
+def test_importing_neva_kernels_ignores_the_environment_variable():
+    env = {**os.environ, "NEVA_KERNELS_BACKEND": "fastest", "PYTHONPATH": ROOT}
+    result = subprocess.run([sys.executable, "-c", "import neva_kernels"], env=env, capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr.decode()
 
 
 def test_value_checks_can_be_switched_off():
