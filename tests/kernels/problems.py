@@ -1,10 +1,13 @@
 """Problem makers shared by the per-op kernel tests: random inputs of an op on a device, and the check of a
-backend's result against the float64 reference by the tolerance rule (tests/helpers.assert_close_by_rule).
+backend's result against the reference (float64 truth by the tolerance rule of tests/helpers.assert_close_by_rule;
+equality for copies).
 
 Triton runs on the GPU where there is one, else under its interpreter (float16/float32: numpy has no bfloat16);
 cuda runs on a GPU only.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -79,3 +82,28 @@ def check_layer_norm(x, weight, bias, residual, zero_centered_weight, eps=1e-5, 
     assert torch.equal(h, baseline_h), "fused layer_norm: the updated residual differs from x + residual"
     truth_y = reference.layer_norm(h.double(), weight.double(), _double(bias), eps, None, zero_centered_weight)
     assert_close_by_rule(y, truth_y, baseline_y, "fused layer_norm")
+
+
+# ---- append_kv_cache -----------------------------------------------------------------------------------
+
+def kv_caches(num_blocks, block_size, kv_heads, head_dim, dtype, device=DEVICE):
+    """(k_cache, v_cache) [num_blocks, block_size, kv_heads, head_dim], NaN: a slot nobody writes stays NaN."""
+    shape = (num_blocks, block_size, kv_heads, head_dim)
+    return tuple(torch.full(shape, math.nan, dtype=dtype, device=device) for _ in range(2))
+
+
+def random_slots(num_tokens, num_slots, slot_dtype, device=DEVICE):
+    """Distinct slots for num_tokens tokens, every third one -1 (a padding token)."""
+    slots = torch.randperm(num_slots, device=device)[:num_tokens]
+    slots[::3] = -1
+    return slots.to(slot_dtype)
+
+
+def check_append_kv_cache(k, v, k_cache, v_cache, slots, backend):
+    """`backend`'s append writes exactly the reference's slots (a copy: equal, not close) and leaves the others."""
+    expected_k, expected_v = k_cache.clone(), v_cache.clone()
+    reference.append_kv_cache(k, v, expected_k, expected_v, slots)
+    nk.append_kv_cache(k, v, k_cache, v_cache, slots, backend=backend)
+    for got, want in ((k_cache, expected_k), (v_cache, expected_v)):
+        assert torch.equal(got.isnan(), want.isnan()), "written slots differ"
+        assert torch.equal(got.nan_to_num(), want.nan_to_num()), "written values differ"
