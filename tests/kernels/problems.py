@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 import neva_kernels as nk
 from neva_kernels import reference
@@ -107,3 +108,47 @@ def check_append_kv_cache(k, v, k_cache, v_cache, slots, backend):
     for got, want in ((k_cache, expected_k), (v_cache, expected_v)):
         assert torch.equal(got.isnan(), want.isnan()), "written slots differ"
         assert torch.equal(got.nan_to_num(), want.nan_to_num()), "written values differ"
+
+
+# ---- paged_decode_attention ----------------------------------------------------------------------------
+
+# One batch mixes context lengths 1, 17, 1000 (a multiple of neither block size), 0 and 45: partial tiles, partial
+# pages and an empty sequence in every call.
+DECODE_LENGTHS = [1, 17, 1000, 0, 45]
+
+
+def decode_problem(lengths, hq, hkv, d, block_size, dtype, device=DEVICE, spare_blocks=3):
+    """(q, k_cache, v_cache, block_tables, seq_lens): caches with more blocks than used, and tables whose entries
+    past each length point anywhere."""
+    width = max(-(-n // block_size) for n in lengths) + 1
+    num_blocks = width * len(lengths) + spare_blocks
+    k_cache = torch.randn(num_blocks, block_size, hkv, d, dtype=dtype, device=device)
+    v_cache = torch.randn(num_blocks, block_size, hkv, d, dtype=dtype, device=device)
+    tables = torch.randperm(num_blocks, device=device)[:width * len(lengths)].reshape(len(lengths), width)
+    seq_lens = torch.tensor(lengths, dtype=torch.int32, device=device)
+    q = torch.randn(len(lengths), hq, d, dtype=dtype, device=device)
+    return q, k_cache, v_cache, tables.to(torch.int32), seq_lens
+
+
+def _sdpa_over_gathered_pages(q, k_cache, v_cache, table_row, length, scale):
+    """Sequence b's attention by PyTorch in q's dtype: gather its tokens, repeat KV heads, SDPA (math)."""
+    block_size = k_cache.shape[1]
+    tokens = torch.arange(length, device=q.device)
+    pages, offsets = table_row.long()[tokens // block_size], tokens % block_size
+    k, v = k_cache[pages, offsets], v_cache[pages, offsets]  # [length, Hkv, D]
+    group = q.shape[0] // k.shape[1]
+    k, v = (t.repeat_interleave(group, dim=1).transpose(0, 1) for t in (k, v))  # [Hq, length, D]
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        return F.scaled_dot_product_attention(q[:, None], k, v, scale=scale)[:, 0]
+
+
+def check_decode(out, q, k_cache, v_cache, tables, seq_lens, scale):
+    """out against the float64 reference; the baseline is PyTorch's SDPA in the input dtype over each sequence's
+    gathered pages. A sequence of length 0 gives zeros."""
+    truth = reference.paged_decode_attention(q.double(), k_cache.double(), v_cache.double(), tables, seq_lens, scale)
+    for b, length in enumerate(seq_lens.tolist()):
+        if length == 0:
+            assert torch.equal(out[b], torch.zeros_like(out[b])), f"sequence {b} of length 0 is not zeros"
+            continue
+        baseline = _sdpa_over_gathered_pages(q[b], k_cache, v_cache, tables[b], length, scale)
+        assert_close_by_rule(out[b], truth[b], baseline, f"sequence {b} (length {length})")
