@@ -152,3 +152,45 @@ def check_decode(out, q, k_cache, v_cache, tables, seq_lens, scale):
             continue
         baseline = _sdpa_over_gathered_pages(q[b], k_cache, v_cache, tables[b], length, scale)
         assert_close_by_rule(out[b], truth[b], baseline, f"sequence {b} (length {length})")
+
+
+# ---- project_image_tokens ------------------------------------------------------------------------------
+
+TENSOR_CORE_DTYPES = [torch.bfloat16, torch.float16]
+
+
+def projector_inputs(images, tokens, vision, hidden, text, seq, dtype, bias=True, device=DEVICE):
+    """(features, w1, b1, w2, b2, embeds, mask): image rows placed at random positions of a [batch, seq] prompt
+    batch with room for all of them."""
+    batch = -(-images * tokens // seq) + 1
+    rand = (lambda *shape, scale=1.0: torch.randn(*shape, dtype=dtype, device=device) * scale)
+    features = rand(images, tokens, vision)
+    w1, w2 = rand(hidden, vision, scale=vision ** -0.5), rand(text, hidden, scale=hidden ** -0.5)
+    b1, b2 = (rand(hidden), rand(text)) if bias else (None, None)
+    embeds = rand(batch, seq, text)
+    mask = torch.zeros(batch * seq, dtype=torch.bool, device=device)
+    mask[torch.randperm(batch * seq, device=device)[:images * tokens]] = True
+    return features, w1, b1, w2, b2, embeds, mask.reshape(batch, seq)
+
+
+def _eager_projection(features, w1, b1, w2, b2, embeds, mask):
+    """As HF transformers' LLaVA runs it: linear, GELU, linear, masked_scatter into the embeddings."""
+    rows = F.linear(F.gelu(F.linear(features.reshape(-1, features.shape[-1]), w1, b1)), w2, b2)
+    return embeds.masked_scatter(mask[..., None], rows)
+
+
+def check_projection(features, w1, b1, w2, b2, embeds, mask, backend):
+    """`backend`'s public op on a copy of embeds: written in place, and checked by check_projected."""
+    out = embeds.clone()
+    returned = nk.project_image_tokens(features, w1, b1, w2, b2, out, mask, backend=backend)
+    assert returned is out
+    check_projected(out, features, w1, b1, w2, b2, embeds, mask)
+
+
+def check_projected(out, features, w1, b1, w2, b2, embeds, mask):
+    """out: embeds with the projection written into its image-token rows, by whichever kernel. Other rows come
+    back bit for bit; the image rows against the float64 reference, the baseline PyTorch eager in the input dtype."""
+    truth = _double(embeds).clone()
+    reference.project_image_tokens(*map(_double, (features, w1, b1, w2, b2)), truth, mask)
+    assert torch.equal(out[~mask], embeds[~mask]), "a row that is not an image token was changed"
+    assert_close_by_rule(out, truth, _eager_projection(features, w1, b1, w2, b2, embeds, mask), "projected rows")
