@@ -194,3 +194,71 @@ def check_projected(out, features, w1, b1, w2, b2, embeds, mask):
     reference.project_image_tokens(*map(_double, (features, w1, b1, w2, b2)), truth, mask)
     assert torch.equal(out[~mask], embeds[~mask]), "a row that is not an image token was changed"
     assert_close_by_rule(out, truth, _eager_projection(features, w1, b1, w2, b2, embeds, mask), "projected rows")
+
+
+# ---- flash_attention -----------------------------------------------------------------------------------
+
+# (batch, seqlen_q, seqlen_k, q heads, kv heads, head dim): GQA 1 and 4, Sq < Sk, Sq > Sk (causal rows that
+# see no key), tiles that do not divide the lengths.
+FLASH_PADDED_SHAPES = [(2, 37, 53, 2, 2, 64), (1, 70, 40, 4, 1, 80), (2, 65, 65, 4, 1, 128)]
+# Sequence lengths of packed batches (query, key): one token, odd, several tiles, empty.
+FLASH_VARLEN_LENGTHS = [((1, 17, 300, 0), (1, 300, 17, 0))]
+
+
+def flash_padded_inputs(batch, sq, sk, hq, hkv, d, dtype, device=DEVICE):
+    q = torch.randn(batch, sq, hq, d, dtype=dtype, device=device)
+    k, v = (torch.randn(batch, sk, hkv, d, dtype=dtype, device=device) for _ in range(2))
+    return q, k, v
+
+
+def flash_packed_inputs(lengths_q, lengths_k, hq, hkv, d, dtype, device=DEVICE):
+    """(q, k, v, cu_seqlens_q, cu_seqlens_k) of a packed batch of sequences of the given lengths."""
+    cu = (lambda lengths: torch.tensor([0, *lengths], device=device).cumsum(0).to(torch.int32))
+    q = torch.randn(sum(lengths_q), hq, d, dtype=dtype, device=device)
+    k, v = (torch.randn(sum(lengths_k), hkv, d, dtype=dtype, device=device) for _ in range(2))
+    return q, k, v, cu(lengths_q), cu(lengths_k)
+
+
+def _low_precision_attention(q, k, v, causal, scale):
+    """PyTorch's own attention in the dtype of q ([B, S, H, D] layout): the rule's baseline."""
+    group = q.shape[2] // k.shape[2]
+    qt, kt, vt = (t.transpose(1, 2).repeat_interleave(n, 1) for t, n in ((q, 1), (k, group), (v, group)))
+    mask = None
+    if causal:
+        mask = torch.ones(q.shape[1], k.shape[1], dtype=torch.bool, device=q.device).tril(k.shape[1] - q.shape[1])
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=scale)
+    # SDPA gives NaN on rows that see no key; the op's contract (and FlashAttention's) is 0 there.
+    return out.transpose(1, 2).nan_to_num(0.0)
+
+
+def _per_sequence(fn, q, k, v, cu_q, cu_k, *args):
+    """Apply a padded-layout attention `fn` to each sequence of a packed batch; outputs concatenated."""
+    outs = []
+    bounds_q, bounds_k = cu_q.tolist(), cu_k.tolist()
+    for (q0, q1), (k0, k1) in zip(zip(bounds_q, bounds_q[1:]), zip(bounds_k, bounds_k[1:])):
+        outs.append(fn(q[None, q0:q1], k[None, k0:k1], v[None, k0:k1], *args)[0])
+    return torch.cat(outs)
+
+
+def check_flash_outputs(out, lse, q, k, v, causal, cu_q, cu_k, scale):
+    """out and lse of one forward call against the float64 reference, by the tolerance rule; the baseline is SDPA's
+    math backend in the input dtype (per sequence for packed batches)."""
+    truth_out, truth_lse = reference.flash_attention(q.double(), k.double(), v.double(), causal, scale, cu_q, cu_k)
+    if cu_q is None:
+        baseline = _low_precision_attention(q, k, v, causal, scale)
+    else:
+        baseline = _per_sequence(_low_precision_attention, q, k, v, cu_q, cu_k, causal, scale)
+    assert_close_by_rule(out, truth_out, baseline, "out")
+    # lse: -inf exactly where the reference has it (rows that see no key), else the rule against an fp32 lse.
+    assert lse.dtype == torch.float32 and torch.equal(lse.isinf(), truth_lse.isinf())
+    finite = ~truth_lse.isinf()
+    _, baseline_lse = reference.flash_attention(q, k, v, causal, scale, cu_q, cu_k)
+    assert_close_by_rule(lse[finite], truth_lse[finite], baseline_lse[finite], "lse")
+
+
+def check_flash_forward(q, k, v, causal, cu_q=None, cu_k=None, scale=None, backend="triton"):
+    """`backend`'s public op, out and lse checked against the float64 reference."""
+    scale = scale or 1 / math.sqrt(q.shape[-1])
+    out, lse = nk.flash_attention(q, k, v, causal, scale, cu_q, cu_k, return_lse=True, backend=backend)
+    check_flash_outputs(out, lse, q, k, v, causal, cu_q, cu_k, scale)

@@ -1,4 +1,5 @@
-"""The triton flash_attention backward, through autograd, against the float64 reference, by the tolerance rule.
+"""flash_attention's backward on triton (the one kernel backend with one), through autograd, against the float64
+reference, by the tolerance rule.
 
 Gradients flow from both outputs (out and lse) with random upstream gradients. The baseline of the rule is
 PyTorch's autograd through the same attention computed in the input dtype.
@@ -11,8 +12,8 @@ import torch
 import neva_kernels as nk
 from neva_kernels import backends, reference
 from tests.helpers import assert_close_by_rule, strided
-from tests.triton.test_flash_attention import (DEVICE, GPU_DTYPES, INTERPRETER_DTYPES, PADDED_SHAPES, VARLEN_LENGTHS,
-                                               packed_inputs)
+from tests.kernels.problems import (DEVICE, FLASH_PADDED_SHAPES, FLASH_VARLEN_LENGTHS, INTERPRETER_DTYPES,
+                                    TENSOR_CORE_DTYPES, flash_packed_inputs)
 
 
 def low_precision_attention_with_lse(q, k, v, causal, scale):
@@ -62,7 +63,7 @@ def check_backward(q, k, v, causal, cu_q=None, cu_k=None):
 
 @pytest.mark.parametrize("dtype", INTERPRETER_DTYPES)
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("batch,sq,sk,hq,hkv,d", PADDED_SHAPES)
+@pytest.mark.parametrize("batch,sq,sk,hq,hkv,d", FLASH_PADDED_SHAPES)
 def test_padded_gradients_match_reference(dtype, causal, batch, sq, sk, hq, hkv, d, poisoned_outputs):
     q = torch.randn(batch, sq, hq, d, dtype=dtype, device=DEVICE)
     k, v = (torch.randn(batch, sk, hkv, d, dtype=dtype, device=DEVICE) for _ in range(2))
@@ -71,9 +72,9 @@ def test_padded_gradients_match_reference(dtype, causal, batch, sq, sk, hq, hkv,
 
 @pytest.mark.parametrize("dtype", INTERPRETER_DTYPES)
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("lengths_q,lengths_k", VARLEN_LENGTHS)
+@pytest.mark.parametrize("lengths_q,lengths_k", FLASH_VARLEN_LENGTHS)
 def test_packed_varlen_gradients_match_reference(dtype, causal, lengths_q, lengths_k, poisoned_outputs):
-    q, k, v, cu_q, cu_k = packed_inputs(lengths_q, lengths_k, 2, 1, 64, dtype)
+    q, k, v, cu_q, cu_k = flash_packed_inputs(lengths_q, lengths_k, 2, 1, 64, dtype)
     check_backward(q, k, v, causal, cu_q, cu_k)
 
 
@@ -92,7 +93,7 @@ def test_autograd_picks_the_triton_backward():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("dtype", TENSOR_CORE_DTYPES)
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("batch,sq,sk,hq,hkv,d", [(2, 1024, 1024, 16, 16, 64), (1, 2048, 2048, 16, 4, 128),
                                                   (2, 513, 1537, 8, 2, 80), (1, 1000, 1000, 4, 1, 256)])
@@ -103,8 +104,8 @@ def test_gpu_padded_gradients_match_reference(dtype, causal, batch, sq, sk, hq, 
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("dtype", TENSOR_CORE_DTYPES)
 def test_gpu_packed_varlen_gradients_match_reference(dtype, poisoned_outputs):
     lengths = ((1, 17, 300, 2048, 0, 777), (1, 300, 17, 2048, 5, 777))
-    q, k, v, cu_q, cu_k = packed_inputs(*lengths, 16, 4, 128, dtype, device="cuda")
+    q, k, v, cu_q, cu_k = flash_packed_inputs(*lengths, 16, 4, 128, dtype, device="cuda")
     check_backward(q, k, v, True, cu_q, cu_k)
