@@ -1,5 +1,5 @@
-"""The triton rotary_embedding against the reference: NeoX and interleaved pairs, partial rot_dim, q and k with
-different head counts, several leading dims, strided inputs. Truth: the reference in float64; baseline: the
+"""rotary_embedding on its one kernel backend, triton, against the reference: NeoX and interleaved pairs, partial
+rot_dim, q and k with different head counts, several leading dims, strided inputs. Truth: the reference in float64; baseline: the
 reference on the input dtype (float32 arithmetic, one rounding)."""
 import pytest
 import torch
@@ -7,8 +7,7 @@ import torch
 import neva_kernels as nk
 from neva_kernels import reference
 from tests.helpers import assert_close_by_rule, strided
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from tests.kernels.problems import DEVICE
 
 
 def check(q, k, positions, cache, interleaved):
