@@ -1,6 +1,6 @@
 """rotary_embedding on its one kernel backend, triton, against the reference: NeoX and interleaved pairs, partial
-rot_dim, q and k with different head counts, several leading dims, strided inputs. Truth: the reference in float64; baseline: the
-reference on the input dtype (float32 arithmetic, one rounding)."""
+rot_dim, q and k with different head counts, several leading dims, strided inputs. Truth: the reference in
+float64; baseline: the reference on the input dtype (float32 arithmetic, one rounding)."""
 import pytest
 import torch
 
