@@ -253,8 +253,11 @@ def test_ctrl_c_is_one_line_and_exit_130(image_file, capsys, monkeypatch):
     from neva_model.generate import Engine
 
     def interrupted(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(10)  # the signal handler raises long before this ends
+        # To this thread, as a terminal's Ctrl-C reaches the foreground one (os.kill may pick another thread of
+        # the process, e.g. tqdm's monitor, and then the sleep below is not cut short).
+        signal.raise_signal(signal.SIGINT)
+        for _ in range(100):
+            time.sleep(0.1)  # the signal handler raises long before this ends
     monkeypatch.setattr(Engine, "generate", interrupted)
     assert main(_ask(image_file)) == 130
     out, err = capsys.readouterr()
