@@ -75,5 +75,6 @@ def process_group(device: torch.device) -> Iterator[TensorParallel | None]:
                               f"{first_line(error)}") from error
     try:
         yield TensorParallel(rank, size)
+        dist.barrier()  # no rank tears the group down while another still talks to it (seen: aborts at exit)
     finally:
         dist.destroy_process_group()
