@@ -24,6 +24,8 @@ def residual_stream(x: Tensor, residual: Tensor | None) -> Tensor:
     if residual is None:
         return x
     cdt = compute_dtype(x)
+    if x.dtype == cdt:  # already the compute dtype: the same sum without three no-op casts (a decode-path cost)
+        return x + residual
     return (x.to(cdt) + residual.to(cdt)).to(x.dtype)
 
 

@@ -26,15 +26,8 @@ def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
     return t if t.dtype == dtype else t.to(dtype)
 
 
-def _residual_stream(x: Tensor, residual: Tensor | None) -> Tensor:
-    if residual is None:
-        return x
-    cdt = compute_dtype(x)
-    return x + residual if x.dtype == cdt else (x.to(cdt) + residual.to(cdt)).to(x.dtype)
-
-
 def rms_norm(x: Tensor, weight: Tensor, eps: float, residual: Tensor | None = None):
-    h = _residual_stream(x, residual)
+    h = reference.residual_stream(x, residual)
     hf = _cast(h, compute_dtype(h))
     y = _cast(hf * torch.rsqrt(hf.square().mean(dim=-1, keepdim=True) + eps) * weight, x.dtype).contiguous()
     return y if residual is None else (y, h.contiguous())
@@ -42,9 +35,9 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float, residual: Tensor | None = No
 
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float, residual: Tensor | None = None,
                zero_centered_weight: bool = False):
-    h = _residual_stream(x, residual)
+    h = reference.residual_stream(x, residual)
     hf = _cast(h, compute_dtype(h))
-    scale = _cast(weight, hf.dtype) + 1.0 if zero_centered_weight else _cast(weight, hf.dtype)
+    scale = reference._norm_scale(weight, zero_centered_weight, hf.dtype)
     y = F.layer_norm(hf, hf.shape[-1:], scale, None if bias is None else _cast(bias, hf.dtype), eps)
     y = _cast(y, x.dtype)
     return y if residual is None else (y, h.contiguous())
@@ -64,14 +57,14 @@ def rotary_embedding(q: Tensor, k: Tensor, positions: Tensor, cos_sin_cache: Ten
     return rotated[..., :q_heads, :].contiguous(), rotated[..., q_heads:, :].contiguous()
 
 
-def _padding_free_writes(slot_mapping: Tensor) -> tuple[Tensor, Tensor]:
-    """(rows, slots): which row of k/v to write to which slot, padding rows (slot -1) included without a branch.
+def _padding_free_writes(slot_mapping: Tensor, real: Tensor) -> tuple[Tensor, Tensor]:
+    """(rows, slots): which row of k/v to write to which slot, padding rows (slot -1) included without a branch;
+    real = slot_mapping >= 0.
 
     A padding row repeats the write of the first real row (the same value to the same slot, a harmless duplicate);
     when no row is real, slot 0 is rewritten with what it holds (see the caller). For torch.compile, which
     cannot branch on the data as the eager path does.
     """
-    real = slot_mapping >= 0
     rows = torch.where(real, torch.arange(len(slot_mapping), device=slot_mapping.device),
                        real.to(torch.int8).argmax())
     return rows, slot_mapping[rows].clamp(min=0).long()
@@ -87,8 +80,9 @@ def append_kv_cache(k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, slot
         flat_k.index_copy_(0, slots, _cast(k, k_cache.dtype))
         flat_v.index_copy_(0, slots, _cast(v, v_cache.dtype))
         return None
-    rows, slots = _padding_free_writes(slot_mapping)
-    any_real = (slot_mapping >= 0).any()
+    real = slot_mapping >= 0
+    rows, slots = _padding_free_writes(slot_mapping, real)
+    any_real = real.any()
     flat_k.index_copy_(0, slots, torch.where(any_real, _cast(k[rows], k_cache.dtype), flat_k[slots]))
     flat_v.index_copy_(0, slots, torch.where(any_real, _cast(v[rows], v_cache.dtype), flat_v[slots]))
     return None

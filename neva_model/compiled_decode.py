@@ -14,22 +14,20 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .cuda_graphs import batch_size_buckets
+from .cuda_graphs import BucketedSteps
 
 
-class CompiledDecode:
+class CompiledDecode(BucketedSteps):
     """`step(batch_size) -> logits` compiled without graph breaks, specialized per bucket."""
 
     def __init__(self, step: Callable[[int], Tensor], max_batch_size: int):
-        self.buckets = batch_size_buckets(max_batch_size)
+        super().__init__(max_batch_size)
         # One compiled function with a static batch size: each bucket is one specialization (a recompilation,
         # which dynamo allows up to its recompile_limit per function: raised to the number of buckets in `run`).
         self.compiled = torch.compile(step, fullgraph=True, dynamic=False)
 
-    def bucket(self, rows: int) -> int:
-        return next(b for b in self.buckets if b >= rows)
-
     def run(self, rows: int) -> Tensor:
         """The logits of a step over the first `rows` slots: [bucket(rows), vocab]."""
-        with torch._dynamo.config.patch(recompile_limit=max(len(self.buckets), torch._dynamo.config.recompile_limit)):
+        limit = max(len(self.buckets), torch._dynamo.config.recompile_limit)
+        with torch._dynamo.config.patch(recompile_limit=limit):
             return self.compiled(self.bucket(rows))

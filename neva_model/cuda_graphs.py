@@ -22,19 +22,27 @@ def batch_size_buckets(max_batch_size: int) -> tuple[int, ...]:
     return tuple(sorted(sizes))
 
 
-class DecodeGraphs:
+class BucketedSteps:
+    """Decode steps run per batch-size bucket: a step over the first `rows` slots runs the bucket's version."""
+
+    def __init__(self, max_batch_size: int):
+        self.buckets = batch_size_buckets(max_batch_size)
+
+    def bucket(self, rows: int) -> int:
+        """The smallest bucket >= rows."""
+        return next(b for b in self.buckets if b >= rows)
+
+
+class DecodeGraphs(BucketedSteps):
     """The CUDA graphs of `step(batch_size) -> logits`, one per bucket, sharing one memory pool."""
 
     def __init__(self, step: Callable[[int], Tensor], max_batch_size: int, device: torch.device):
         if device.type != "cuda":
             raise NevaValueError(f"Engine: cuda_graph needs the model on a CUDA device, it is on {device}")
+        super().__init__(max_batch_size)
         self.step, self.device = step, device
-        self.buckets = batch_size_buckets(max_batch_size)
         self.captured: dict[int, tuple[torch.cuda.CUDAGraph, Tensor]] = {}  # bucket -> graph, its logits
         self._pool = None
-
-    def bucket(self, rows: int) -> int:
-        return next(b for b in self.buckets if b >= rows)
 
     def run(self, rows: int) -> Tensor:
         """The logits of a step over the first `rows` slots: [bucket(rows), vocab], replayed from its graph."""

@@ -23,11 +23,10 @@ _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
 def _dispatcher_needed(args: tuple) -> bool:
-    """Whether a call must go through torch's dispatcher: while torch.compile traces, under a dispatch mode
+    """Whether an eager call (torch.compile not tracing) must go through torch's dispatcher: under a dispatch mode
     (FakeTensorMode, functionalization) or a functorch transform, for tensor subclasses, and when autograd must
     record the call."""
-    if (torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
-            or torch._C._functorch.peek_interpreter_stack() is not None):
+    if _get_current_dispatch_mode() is not None or torch._C._functorch.peek_interpreter_stack() is not None:
         return True
     grad = torch.is_grad_enabled()
     return any(type(a) not in _PLAIN_TENSORS or (grad and a.requires_grad) for a in args
@@ -41,8 +40,8 @@ class Op:
         self.fn, self.overload, self.trace_torch_backend = fn, overload, trace_torch_backend
 
     def __call__(self, *args):
-        if self.trace_torch_backend and args[-1] == "torch" and torch.compiler.is_compiling():
-            return self.fn(*args)
+        if torch.compiler.is_compiling():
+            return self.fn(*args) if self.trace_torch_backend and args[-1] == "torch" else self.overload(*args)
         return self.overload(*args) if _dispatcher_needed(args) else self.fn(*args)
 
 

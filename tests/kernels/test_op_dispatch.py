@@ -3,7 +3,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import neva_kernels as nk
-from neva_kernels.ops._library import _dispatcher_needed
+from neva_kernels.ops._library import Op, _dispatcher_needed
 
 
 def test_plain_eager_calls_skip_the_dispatcher():
@@ -24,7 +24,7 @@ def test_calls_autograd_must_record_go_through_the_dispatcher():
     assert weight.grad is not None
 
 
-def test_fake_tensors_modes_transforms_and_tracing_go_through_the_dispatcher():
+def test_fake_tensors_modes_and_transforms_go_through_the_dispatcher():
     with FakeTensorMode():
         fake = torch.randn(2, 8)
         assert _dispatcher_needed((fake, "torch"))
@@ -32,5 +32,16 @@ def test_fake_tensors_modes_transforms_and_tracing_go_through_the_dispatcher():
     seen = []
     torch.vmap(lambda row: seen.append(_dispatcher_needed((row, "torch"))) or row)(torch.randn(3, 8))
     assert seen == [True]
-    compiled = torch.compile(lambda t: t + int(_dispatcher_needed((t, "torch"))), fullgraph=True, backend="eager")
-    assert compiled(torch.zeros(2)).tolist() == [1.0, 1.0]
+
+
+def test_tracing_records_the_op_unless_it_traces_its_torch_backend():
+    """While torch.compile traces: the registered op (dispatcher), except an op's torch backend that asks to be
+    traced as PyTorch maths (neva_kernels.torch_backend)."""
+    calls = []
+    make = (lambda traced: Op(lambda t, backend: calls.append("fn") or t,
+                              lambda t, backend: calls.append("overload") or t, traced))
+    opaque, traced = make(False), make(True)
+    compiled = torch.compile(lambda t: opaque(t, "torch") + traced(t, "torch") + traced(t, "cuda"), fullgraph=True,
+                             backend="eager")
+    compiled(torch.zeros(2))
+    assert calls == ["overload", "fn", "overload"]
